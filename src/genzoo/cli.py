@@ -1,0 +1,226 @@
+"""The genzoo command line: train, sample, eval, list.
+
+Bad input of any kind ends in one sentence on stderr and exit status 2; a training stopped by a signal exits
+130 and one stopped by a diverging loss exits 1, both with their checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from genzoo import __version__, runs
+from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags
+from genzoo.data.datasets import DATASETS, get_spec, load_dataset, locate, search_dirs
+from genzoo.errors import ConfigError, GenzooError, RunError
+from genzoo.models import FAMILIES, get_family
+
+# Settings a resumed run may change; everything else is fixed by the run's config.json.
+RESUMABLE_CHANGES = {"epochs", "max_steps", "device"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit status 2)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"genzoo: error: {message} (see '{self.prog} --help').\n")
+        sys.exit(2)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="genzoo", description="Deep generative models, one coherent system.")
+    p.add_argument("--version", action="version", version=f"genzoo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model family", description="Train a model family.")
+    fam = train.add_subparsers(dest="family", required=True, parser_class=Parser, metavar="FAMILY")
+    for name, family in FAMILIES.items():
+        f = fam.add_parser(name, help=f"{family.__doc__.strip().splitlines()[0] if family.__doc__ else name}",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        f.add_argument("--out", type=Path, default=None,
+                       help="run folder to write (default: runs/FAMILY-DATASET, numbered if it exists)")
+        f.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+        add_dataclass_arguments(f.add_argument_group("model"), family.Config)
+        add_dataclass_arguments(f.add_argument_group("training"), TrainConfig)
+        add_dataclass_arguments(f.add_argument_group("final evaluation"), EvalConfig, prefix="eval-")
+
+    sample = sub.add_parser("sample", help="draw samples from a trained run")
+    sample.add_argument("run", type=Path, help="run folder")
+    sample.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    sample.add_argument("--out", type=Path, default=None, help="PNG file (default RUN/samples-seedS.png)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
+    ev = sub.add_parser("eval", help="score a trained run by what its density kind offers")
+    ev.add_argument("run", type=Path, help="run folder")
+    add_dataclass_arguments(ev, EvalConfig)
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
+    sub.add_parser("list", help="the model families and data sets")
+    return p
+
+
+def positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer; got {value}.")
+
+
+# --- train -----------------------------------------------------------------------------------------
+def default_out(family: str, dataset: str) -> Path:
+    base = Path("runs") / f"{family}-{dataset}"
+    candidate, k = base, 1
+    while candidate.exists():
+        k += 1
+        candidate = base.with_name(f"{base.name}-{k}")
+    return candidate
+
+
+def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
+    family = get_family(args.family)
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue.")
+        saved = runs.read_config(args.out)
+        if saved.family != args.family:
+            raise ConfigError(f"{args.out} is a {saved.family} run, not a {args.family} run.")
+        given = {("model", k): v for k, v in given_flags(family.Config, args).items()}
+        given.update({("train", k): v for k, v in given_flags(TrainConfig, args).items()})
+        for (section, key), value in given.items():
+            old = getattr(getattr(saved, section), key)
+            if value != old and key not in RESUMABLE_CHANGES:
+                raise ConfigError(f"--{key.replace('_', '-')} {value} differs from the run's saved value {old}; a "
+                                  f"resumed run keeps its settings (only --epochs, --max-steps and --device may change).")
+        cfg = runs.RunConfig(
+            family=saved.family, model=saved.model,
+            train=from_args(TrainConfig, args, base=saved.train),
+            eval=from_args(EvalConfig, args, base=saved.eval, prefix="eval-"),
+        )
+        return cfg, args.out
+    cfg = runs.RunConfig(family=args.family, model=from_args(family.Config, args),
+                         train=from_args(TrainConfig, args), eval=from_args(EvalConfig, args, prefix="eval-"))
+    out = args.out if args.out is not None else default_out(args.family, cfg.train.dataset)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not empty; continue that run with --resume, "
+                          f"or choose another --out.")
+    return cfg, out
+
+
+def cmd_train(args) -> int:
+    from genzoo.trainer import Trainer
+
+    cfg, out = resolve_train_config(args)
+    data = load_dataset(cfg.train.dataset)
+    if cfg.train.subset:
+        data = data.subset(cfg.train.subset)
+    torch.manual_seed(cfg.train.seed)
+    model = runs.build_model(cfg, data.image_shape)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / runs.CONFIG, cfg.to_json())
+    trainer = Trainer(model, out, cfg, data, log=lambda m: print(m, flush=True), progress_bar=sys.stderr.isatty())
+    if args.resume:
+        if (out / runs.CHECKPOINT).is_file():
+            trainer.load_checkpoint()
+            print(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}", flush=True)
+        else:
+            print(f"{out} has no checkpoint yet; starting it from the beginning", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} parameters, "
+          f"device {trainer.device}, run folder {out}", flush=True)
+    summary = trainer.fit()
+    print(format_metrics(summary["eval"]))
+    print(f"{summary['steps']} steps in {summary['train_wall_time_s']:.1f} s ({summary['images_per_s']:.0f} images/s); "
+          f"pictures and metrics in {out}")
+    return 0
+
+
+# --- sample, eval, list ----------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    from genzoo.plots import save_grid
+    from genzoo.trainer import pick_device
+
+    positive("--n", args.n)
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be non-negative; got {args.seed}.")
+    out = args.out if args.out is not None else args.run / f"samples-seed{args.seed}.png"
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file; got {out}.")
+    device = pick_device(args.device)
+    run = runs.load_run(args.run, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    x = run.model.sample(args.n, gen)
+    cols = math.ceil(math.sqrt(args.n))
+    rows = math.ceil(args.n / cols)
+    pad = torch.ones((rows * cols - args.n, *x.shape[1:]), device=x.device)
+    save_grid(torch.cat([x, pad]).reshape(rows, cols, *x.shape[1:]), out)
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def format_metrics(result: dict) -> str:
+    lines = [f"{result['family']} ({result['kind']}) on {result['dataset']} {result['split']}, "
+             f"{result['n_examples']} examples, {result['view']} view:"]
+    for key, value in result.items():
+        if key.endswith("_nats"):
+            se = result.get(f"{key}_stderr", float("nan"))
+            lines.append(f"  {key[:-5]:<10} {value:9.3f} nats  (± {se:.3f} s.e.)")
+        elif key.endswith("_bits_per_dim"):
+            lines.append(f"  {key[:-13]:<10} {value:9.4f} bits/dim")
+    for key in ("nll_estimator", "note"):
+        if key in result:
+            lines.append(f"  {result[key]}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from genzoo.evaluate import evaluate
+    from genzoo.trainer import pick_device
+
+    device = pick_device(args.device)
+    run = runs.load_run(args.run, device=device)
+    cfg = from_args(EvalConfig, args, base=EvalConfig())
+    data = load_dataset(run.config.train.dataset)
+    result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty())
+    result["eval_config"] = dataclasses.asdict(cfg)
+    runs.write_json(args.run / f"eval-{cfg.split}.json", result)
+    print(format_metrics(result))
+    print(f"written to {args.run / f'eval-{cfg.split}.json'}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    print("families:")
+    for name, family in FAMILIES.items():
+        print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view '{family.view}'")
+    print("datasets:")
+    for name, spec in DATASETS.items():
+        found = locate(spec)
+        where = found[1] if found else ("not found (looked in " + ", ".join(map(str, search_dirs(name)))
+                                         + "); downloaded on first use")
+        print(f"  {name:<14} {spec.title}: {where}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GenzooError as e:
+        sys.stderr.write(f"genzoo: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("genzoo: interrupted.\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Typed configuration: one dataclass per component, validated at the edge.
+
+A field's metadata carries its help text and its valid range or choices; the CLI flags are generated from the
+fields (``add_dataclass_arguments``), and the same checks run when a ``config.json`` is read back, so a value
+out of range is one clear sentence wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from genzoo.errors import ConfigError
+
+
+def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+           gt: float | None = None, lt: float | None = None, choices: tuple | None = None) -> Any:
+    """A dataclass field with the metadata the CLI and the validator read."""
+    return field(default=default, metadata=dict(help=help, min=min, max=max, gt=gt, lt=lt, choices=choices))
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the one trainer, shared by every family."""
+
+    dataset: str = option("mnist", "data set to train on", choices=("mnist", "fashion-mnist"))
+    epochs: int = option(10, "number of passes over the training split", min=1)
+    batch_size: int = option(128, "examples per optimizer step", min=1)
+    lr: float = option(1e-3, "Adam learning rate", gt=0.0)
+    weight_decay: float = option(0.0, "Adam weight decay", min=0.0)
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)", min=0.0)
+    ema_decay: float = option(0.0, "decay of the exponential moving average of weights (0 = off)", min=0.0, lt=1.0)
+    seed: int = option(0, "random seed (weights, data order, noise)", min=0)
+    device: str = option("auto", "device to train on (auto picks cuda, then mps, then cpu)",
+                         choices=("auto", "cpu", "cuda", "mps"))
+    max_steps: int = option(0, "stop after this many optimizer steps in all (0 = no limit)", min=0)
+    subset: int = option(0, "use only the first N examples of each split (0 = all; for smoke runs)", min=0)
+
+
+@dataclass
+class EvalConfig:
+    """How a run is scored (after training, and by `genzoo eval`)."""
+
+    split: str = option("test", "split to score", choices=("train", "val", "test"))
+    iwae_k: int = option(5000, "importance samples per example for the IWAE log-likelihood estimate", min=1)
+    n: int = option(0, "score only the first N examples of the split (0 = all)", min=0)
+
+
+def validate(cfg: Any, prefix: str = "--") -> Any:
+    """``prefix`` names the fields in messages: "--" for flags, "train: " for a config file's section."""
+    """Check every field of a config dataclass against its metadata; raise ConfigError on the first problem."""
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = prefix + f.name.replace("_", "-") if prefix.startswith("--") else prefix + f.name
+        kind = hints[f.name]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ConfigError(f"{name} must be a{'n' if kind is int else ''} {kind.__name__}, got {value!r}.")
+        m = f.metadata
+        if m.get("choices") is not None and value not in m["choices"]:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, m['choices']))}; got {value!r}.")
+        if m.get("min") is not None and value < m["min"]:
+            raise ConfigError(f"{name} must be at least {m['min']}; got {value}.")
+        if m.get("max") is not None and value > m["max"]:
+            raise ConfigError(f"{name} must be at most {m['max']}; got {value}.")
+        if m.get("gt") is not None and value <= m["gt"]:
+            raise ConfigError(f"{name} must be greater than {m['gt']}; got {value}.")
+        if m.get("lt") is not None and value >= m["lt"]:
+            raise ConfigError(f"{name} must be less than {m['lt']}; got {value}.")
+    return cfg
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build and validate a config dataclass from parsed JSON; unknown or missing keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where} has unknown setting(s): {', '.join(unknown)}.")
+    hints = get_type_hints(cls)
+    values = {k: (float(v) if hints[k] is float and isinstance(v, int) and not isinstance(v, bool) else v)
+              for k, v in data.items()}
+    return validate(cls(**values), prefix=f"{where}: ")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def add_dataclass_arguments(parser, cls: type, prefix: str = "") -> None:
+    """Add one --{prefix}{field} flag per field; defaults are None so that given flags can be told apart."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=kind, default=None,
+                            metavar=f.name.upper(), choices=f.metadata.get("choices"), help=help_text)
+
+
+def given_flags(cls: type, args: Any, prefix: str = "") -> dict[str, Any]:
+    """The fields of ``cls`` that were given explicitly on the command line."""
+    dest = prefix.replace("-", "_")
+    return {f.name: getattr(args, dest + f.name) for f in dataclasses.fields(cls)
+            if getattr(args, dest + f.name, None) is not None}
+
+
+def from_args(cls: type, args: Any, base: Any | None = None, prefix: str = "") -> Any:
+    """A config from parsed flags: flags given on the command line override ``base`` (or the defaults)."""
+    cfg = base if base is not None else cls()
+    return validate(dataclasses.replace(cfg, **given_flags(cls, args, prefix)), prefix="--" + prefix)

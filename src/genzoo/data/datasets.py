@@ -1,0 +1,278 @@
+"""Data sets: where their files are found, how they are fetched and verified, and their splits.
+
+Splits (the same for every data set of the MNIST family):
+    train  the first 55,000 images of the training file
+    val    the last 5,000 images of the training file
+    test   the 10,000 images of the test file
+
+Images are kept as uint8 tensors of shape (N, 1, 28, 28); ``genzoo.data.views`` turns them into the
+representation a model trains and is scored on.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genzoo.data.idx import read_idx
+from genzoo.errors import ConfigError, DataError
+
+EMBEDDED_DIR = Path(__file__).parent
+N_VAL = 5000
+ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    files: dict[str, tuple[str, str]]  # role -> (file name without .gz, SHA-256 of the uncompressed file)
+    classes: tuple[str, ...]
+    licence: str
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
+    mirrors: tuple[str, ...] = ()  # base URLs; the file is fetched from mirror + name + ".gz"
+    embedded: bool = False  # shipped inside the package
+
+    def expected_sha256(self, role: str) -> str:
+        return self.files[role][1]
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        title="MNIST (LeCun, Cortes, Burges)",
+        files={
+            "train_images": ("train-images-idx3-ubyte",
+                             "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+            "train_labels": ("train-labels-idx1-ubyte",
+                             "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+            "test_images": ("t10k-images-idx3-ubyte",
+                            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+            "test_labels": ("t10k-labels-idx1-ubyte",
+                            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        },
+        classes=tuple(str(d) for d in range(10)),
+        licence="CC BY-SA 3.0",
+        embedded=True,
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        title="Fashion-MNIST (Xiao, Rasul, Vollgraf; Zalando Research)",
+        files={
+            "train_images": ("train-images-idx3-ubyte",
+                             "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+            "train_labels": ("train-labels-idx1-ubyte",
+                             "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+            "test_images": ("t10k-images-idx3-ubyte",
+                            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+            "test_labels": ("t10k-labels-idx1-ubyte",
+                            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        },
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        licence="MIT",
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    ),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}.")
+    return DATASETS[name]
+
+
+def search_dirs(name: str) -> list[Path]:
+    """Where a non-embedded data set is looked for, in order."""
+    dirs = []
+    if os.environ.get("GENZOO_DATA"):
+        dirs.append(Path(os.environ["GENZOO_DATA"]) / name)
+    dirs.append(cache_dir() / name)
+    dirs.append(Path("/usr/share/datasets") / name)  # Debian's convention (apt-get install dataset-<name>)
+    return dirs
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genzoo"
+
+
+def _file_in(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def locate(spec: DatasetSpec) -> tuple[dict[str, Path], str] | None:
+    """The four files of a data set and a description of where they were found, or None."""
+    dirs = [EMBEDDED_DIR / spec.name] if spec.embedded else search_dirs(spec.name)
+    for directory in dirs:
+        paths = {role: _file_in(directory, stem) for role, (stem, _) in spec.files.items()}
+        if all(paths.values()):
+            where = f"embedded in the package ({directory})" if spec.embedded else str(directory)
+            return paths, where  # type: ignore[return-value]
+    return None
+
+
+def download(spec: DatasetSpec, dest: Path, mirrors: tuple[str, ...] | None = None,
+             timeout: float = 60.0) -> dict[str, Path]:
+    """Fetch every file of ``spec`` into ``dest``, verifying SHA-256 before an atomic rename.
+
+    A file whose checksum does not match, or whose transfer was cut off, is never left where a good one is
+    expected: it is written to a temporary name in ``dest`` and renamed only once verified.
+    """
+    mirrors = spec.mirrors if mirrors is None else mirrors
+    if not mirrors:
+        raise DataError(f"dataset '{spec.name}' has no download mirror.")
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role, (stem, sha256) in spec.files.items():
+        target = dest / f"{stem}.gz"
+        if target.is_file() and _sha256_of_gz(target) == sha256:
+            paths[role] = target
+            continue
+        problems = []
+        for mirror in mirrors:
+            url = mirror + stem + ".gz"
+            try:
+                _fetch_verified(url, target, sha256, timeout)
+                break
+            except DataError as e:
+                problems.append(str(e))
+        else:
+            raise DataError(f"could not download {stem}.gz for '{spec.name}': " + " ".join(problems))
+        paths[role] = target
+    return paths
+
+
+def _sha256_of_gz(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def _fetch_verified(url: str, target: Path, sha256: str, timeout: float) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    expected_len = response.headers.get("Content-Length")
+                    received = 0
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        received += len(chunk)
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise DataError(f"{url}: download failed ({reason}).") from None
+            if expected_len is not None and received != int(expected_len):
+                raise DataError(f"{url}: transfer cut off ({received} of {expected_len} bytes).")
+            out.flush()
+            os.fsync(out.fileno())
+        digest = _sha256_of_gz(tmp)
+        if digest is None:
+            raise DataError(f"{url}: the downloaded file is not a complete gzip file.")
+        if digest != sha256:
+            raise DataError(f"{url}: checksum mismatch (got SHA-256 {digest[:16]}…, expected {sha256[:16]}…).")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, 1, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def head(self, n: int) -> "Split":
+        return Split(self.images[:n], self.labels[:n])
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    source: str
+    train: Split
+    val: Split
+    test: Split
+    classes: tuple[str, ...] = field(default=())
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"unknown split '{name}'; choose one of: train, val, test.")
+        return getattr(self, name)
+
+    def subset(self, n: int) -> "ImageDataset":
+        """The first ``n`` examples of each split (for smoke runs; recorded in the run's config)."""
+        return ImageDataset(self.name, self.source, self.train.head(n), self.val.head(n), self.test.head(n),
+                            self.classes)
+
+
+def not_found_message(spec: DatasetSpec) -> str:
+    looked = ", ".join(str(d) for d in search_dirs(spec.name))
+    return (f"dataset '{spec.name}' was not found (looked in {looked}) and could not be downloaded; "
+            f"put its four IDX .gz files in one of those folders"
+            + (f" (on Debian: apt-get install dataset-{spec.name})" if spec.name == "fashion-mnist" else "")
+            + ", or set GENZOO_DATA.")
+
+
+def load_dataset(name: str, download_missing: bool = True) -> ImageDataset:
+    """Load, verify and split a data set (cached per process)."""
+    return _load(name, download_missing)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, download_missing: bool) -> ImageDataset:
+    spec = get_spec(name)
+    found = locate(spec)
+    if found is None:
+        if not download_missing:
+            raise DataError(not_found_message(spec))
+        try:
+            paths = download(spec, cache_dir() / spec.name)
+        except DataError as e:
+            raise DataError(not_found_message(spec) + f" (download: {e})") from None
+        where = f"downloaded to {cache_dir() / spec.name}"
+    else:
+        paths, where = found
+    arrays = {}
+    for role, path in paths.items():
+        is_images = role.endswith("images")
+        arrays[role] = read_idx(path, spec.expected_sha256(role), expect_ndim=3 if is_images else 1,
+                                expect_dtype=np.uint8)
+    for part in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+        if n_img != n_lab:
+            raise DataError(f"dataset '{name}': {n_img} {part} images but {n_lab} labels.")
+    train_x = torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1)  # (N, 1, H, W)
+    train_y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    test_x = torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1)
+    test_y = torch.from_numpy(arrays["test_labels"].astype(np.int64))
+    n_train = len(train_x) - N_VAL
+    return ImageDataset(
+        name=name, source=where,
+        train=Split(train_x[:n_train], train_y[:n_train]),
+        val=Split(train_x[n_train:], train_y[n_train:]),
+        test=Split(test_x, test_y),
+        classes=spec.classes,
+    )

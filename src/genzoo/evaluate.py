@@ -1,0 +1,97 @@
+"""Score a model by what its density kind offers, in the units of its data view.
+
+Every figure is reported with the split, the number of examples and the view, because likelihoods are only
+comparable within one view: nats per image on the fixed binarisation of the ``binary`` view, and both nats
+and bits per dimension on the 8-bit ``uint8`` view.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+from tqdm import tqdm
+
+from genzoo import theory
+from genzoo.config import EvalConfig
+from genzoo.data.datasets import ImageDataset
+from genzoo.data.views import get_view
+from genzoo.models.base import DensityKind, GenerativeModel
+
+EVAL_SEED = 0  # the noise of stochastic bounds (ELBO, IWAE) is drawn from this seed, for reproducible figures
+
+
+@contextmanager
+def isolated_rng(seed: int, device: torch.device):
+    """Run a block with its own seeded RNG, leaving the caller's RNG streams exactly as they were."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    v = values.double()
+    se = (v.std(unbiased=True) / math.sqrt(len(v))).item() if len(v) > 1 else float("nan")
+    return v.mean().item(), se
+
+
+def eval_tensor(model: GenerativeModel, data: ImageDataset, split: str, n: int = 0) -> torch.Tensor:
+    images = data.split(split).images
+    if n:
+        images = images[:n]
+    return get_view(model.view).eval_data(images, split)
+
+
+@torch.no_grad()
+def validation_metrics(model: GenerativeModel, x: torch.Tensor, device: torch.device, batch_size: int = 500) -> dict:
+    """Mean of the model's cheap per-example metrics over x (seeded, so epochs compare like with like)."""
+    totals: dict[str, float] = {}
+    with isolated_rng(EVAL_SEED, device):
+        for start in range(0, len(x), batch_size):
+            for k, v in model.validation_metrics(x[start:start + batch_size].to(device)).items():
+                assert v.shape == (min(batch_size, len(x) - start),), f"{k} must be per example"
+                totals[k] = totals.get(k, 0.0) + v.double().sum().item()
+    return {k: v / len(x) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device: torch.device,
+             progress: bool = True) -> dict:
+    """The metrics the model's kind allows, on ``cfg.split``, as a JSON-ready dict."""
+    model.eval()
+    x = eval_tensor(model, data, cfg.split, cfg.n)
+    c, h, w = x.shape[1:]
+    dims = c * h * w
+    out: dict = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "split": cfg.split,
+                 "view": model.view, "n_examples": len(x)}
+    if model.kind is DensityKind.IMPLICIT:
+        out["note"] = "implicit model: no likelihood; judge it by its samples"
+        return out
+    if model.kind is DensityKind.UNNORMALISED:
+        out["note"] = "unnormalised model: energy only, log Z unknown, so no log-likelihood"
+        return out
+    per_example: dict[str, list[torch.Tensor]] = {}
+    batch = 100
+    with isolated_rng(EVAL_SEED, device):
+        bar = tqdm(range(0, len(x), batch), desc=f"eval {cfg.split}", unit="batch", disable=not progress or None,
+                   leave=False)
+        for start in bar:
+            xb = x[start:start + batch].to(device)
+            if model.kind is DensityKind.EXACT:
+                per_example.setdefault("nll", []).append(-model.log_prob(xb).cpu())
+            else:
+                per_example.setdefault("neg_elbo", []).append(-model.elbo(xb).cpu())
+                if hasattr(model, "log_likelihood_estimate"):
+                    per_example.setdefault("nll", []).append(-model.log_likelihood_estimate(xb, cfg.iwae_k).cpu())
+    for key, parts in per_example.items():
+        mean, se = _mean_and_stderr(torch.cat(parts))
+        out[f"{key}_nats"] = mean
+        out[f"{key}_nats_stderr"] = se
+        if model.view == "uint8":
+            out[f"{key}_bits_per_dim"] = theory.nats_to_bits_per_dim(mean, dims)
+    if model.kind is DensityKind.BOUND and "nll" in per_example:
+        out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"
+        out["iwae_k"] = cfg.iwae_k
+    return out

@@ -1,0 +1,18 @@
+"""The families, one file each. ``FAMILIES`` is the explicit registry the CLI and ``load_run`` use."""
+
+from genzoo.errors import ConfigError
+from genzoo.models.base import DensityKind, GenerativeModel
+from genzoo.models.vae import VAE, VAEConfig
+
+FAMILIES: dict[str, type[GenerativeModel]] = {
+    "vae": VAE,
+}
+
+
+def get_family(name: str) -> type[GenerativeModel]:
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family '{name}'; choose one of: {', '.join(FAMILIES)}.")
+    return FAMILIES[name]
+
+
+__all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig"]

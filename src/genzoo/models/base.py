@@ -1,0 +1,81 @@
+"""The model contract: the chapter's taxonomy as an API.
+
+Every family declares its density kind and implements only what that kind allows:
+
+    exact         log_prob(x) -> [N], the exact log-likelihood      (PixelCNN, RealNVP)
+    bound         elbo(x) -> [N], a lower bound on log p(x)          (VAE, DDPM)
+    implicit      nothing but samples                                (GAN)
+    unnormalised  energy(x) -> [N], log p(x) = -E(x) - log Z         (EBM)
+
+``loss(x)`` returns the training objective per example ([N]); the trainer reduces it. The evaluator asks a
+model only for what its kind offers, so asking a GAN for a likelihood is an error that says why.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from genzoo.errors import ConfigError
+
+
+class DensityKind(str, enum.Enum):
+    EXACT = "exact"
+    BOUND = "bound"
+    IMPLICIT = "implicit"
+    UNNORMALISED = "unnormalised"
+
+    @property
+    def description(self) -> str:
+        return {
+            "exact": "exact log-likelihood log p(x)",
+            "bound": "a lower bound on log p(x)",
+            "implicit": "no density, samples only",
+            "unnormalised": "an energy, log p(x) up to log Z",
+        }[self.value]
+
+
+class GenerativeModel(nn.Module):
+    family: ClassVar[str]
+    kind: ClassVar[DensityKind]
+    view: ClassVar[str]  # the data view it trains and is scored on (genzoo.data.views)
+    Config: ClassVar[type]  # its model-config dataclass
+
+    def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.cfg = cfg
+        self.image_shape = tuple(image_shape)
+
+    # --- every family -----------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Training objective per example, [N x C x H x W] -> [N], to be minimised."""
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples [n x C x H x W] with values in [0, 1] (for pictures)."""
+        raise NotImplementedError
+
+    def validation_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cheap per-example metrics for the per-epoch validation line, each [N]."""
+        return {"loss": self.loss(x)}
+
+    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The family's pictures for the run folder: name -> grid [rows x cols x C x H x W] in [0, 1]."""
+        return {}
+
+    # --- what a kind offers ---------------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(self._not_offered("log_prob"))
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(self._not_offered("elbo"))
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(self._not_offered("energy"))
+
+    def _not_offered(self, what: str) -> str:
+        return f"the {self.family} family is of density kind '{self.kind.value}' ({self.kind.description}); " \
+               f"it does not offer {what}."

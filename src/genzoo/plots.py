@@ -1,0 +1,56 @@
+"""Pictures: image grids (Pillow) and training curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from genzoo.runs import atomic_write
+
+
+def grid_image(images: torch.Tensor, pad: int = 2, scale: int = 2) -> Image.Image:
+    """[rows x cols x C x H x W] in [0, 1] -> one PIL image, padded, upscaled (nearest) for visibility."""
+    if images.dim() != 5:
+        raise ValueError(f"expected [rows x cols x C x H x W], got shape {tuple(images.shape)}")
+    rows, cols, c, h, w = images.shape
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.float32)
+    x = images.detach().float().clamp(0, 1).cpu().permute(0, 1, 3, 4, 2).numpy()  # (rows, cols, H, W, C)
+    for r in range(rows):
+        for k in range(cols):
+            top, left = pad + r * (h + pad), pad + k * (w + pad)
+            canvas[top:top + h, left:left + w] = x[r, k]
+    arr = (canvas * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+def save_grid(images: torch.Tensor, path: Path, **kwargs) -> None:
+    img = grid_image(images, **kwargs)
+    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """Per-epoch train loss and every validation metric, one panel each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "epoch" in r]
+    if not rows:
+        return
+    keys = ["train_loss"] + sorted({k for r in rows for k in r if k.startswith("val_")})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)

@@ -1,0 +1,193 @@
+"""Run folders: what a training writes, how it is written (atomically), and how it is read back.
+
+    config.json               the full resolved config (family, model, train, eval)
+    model.safetensors         the weights used for sampling and evaluation (the EMA weights when EMA is on)
+    checkpoint.safetensors    everything needed to resume: weights, EMA, optimizer, RNG states and counters
+    metrics.jsonl             one JSON line per epoch (train loss, validation metrics, speed)
+    summary.json              the final evaluation, wall time, images/s
+    *.png                     the family's pictures and curves.png
+
+Nothing is ever unpickled: tensors live in safetensors files, everything else in JSON (the checkpoint's
+counters and optimizer hyper-parameters sit in the safetensors header's metadata). Every file is written to a
+temporary name in the same folder, flushed to disk and renamed over the old one, so a crash at any moment
+leaves the previous complete file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from genzoo import __version__
+from genzoo.data.datasets import get_spec
+from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict
+from genzoo.errors import ConfigError, GenzooError, RunError
+
+CONFIG = "config.json"
+MODEL = "model.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINT_FORMAT = "genzoo-checkpoint-1"
+
+
+# --- atomic writes -------------------------------------------------------------------------------------
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), fsync, then rename tmp over ``path``; ``path`` is never half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file; a damaged one is a RunError that names it."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such file.") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RunError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e}).") from None
+
+
+# --- config ---------------------------------------------------------------------------------------
+@dataclass
+class RunConfig:
+    family: str
+    model: Any
+    train: TrainConfig
+    eval: EvalConfig
+
+    def to_json(self) -> dict:
+        return {"genzoo_version": __version__, "family": self.family, "model": to_dict(self.model),
+                "train": to_dict(self.train), "eval": to_dict(self.eval)}
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    from genzoo.models import get_family
+    path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir} is not a run folder (no such directory).")
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run folder (it has no {CONFIG}).")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is damaged: not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is damaged: not a JSON object.")
+    missing = [k for k in ("family", "model", "train", "eval") if k not in data]
+    if missing:
+        raise RunError(f"{path} is damaged: it lacks {', '.join(missing)}.")
+    try:
+        family = get_family(data["family"]) if isinstance(data["family"], str) else None
+        if family is None:
+            raise ConfigError("'family' must be a string.")
+        return RunConfig(family=data["family"], model=from_dict(family.Config, data["model"], "model"),
+                         train=from_dict(TrainConfig, data["train"], "train"),
+                         eval=from_dict(EvalConfig, data["eval"], "eval"))
+    except GenzooError as e:
+        raise RunError(f"{path} is damaged: {e}") from None
+
+
+# --- models --------------------------------------------------------------------------------------
+def build_model(cfg: RunConfig, image_shape: tuple[int, int, int]):
+    from genzoo.models import get_family
+    return get_family(cfg.family)(cfg.model, image_shape)
+
+
+def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path | str) -> None:
+    """Load a state dict strictly: missing, unexpected or mis-shaped tensors are a RunError."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) such as '{missing[0]}'")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) such as '{unexpected[0]}'")
+        raise RunError(f"{where} does not match the model in config.json: {'; '.join(parts)}.")
+    for k, v in tensors.items():
+        if v.shape != own[k].shape or v.dtype != own[k].dtype:
+            raise RunError(f"{where} does not match the model in config.json: tensor '{k}' has shape "
+                           f"{tuple(v.shape)} ({v.dtype}), expected {tuple(own[k].shape)} ({own[k].dtype}).")
+    module.load_state_dict(tensors)
+
+
+@dataclass
+class Run:
+    """A loaded run: ``run.model`` (in eval mode, on CPU unless moved), ``run.config``, ``run.path``."""
+
+    path: Path
+    config: RunConfig
+    model: Any
+
+    def summary(self) -> dict | None:
+        p = self.path / SUMMARY
+        return json.loads(p.read_text()) if p.is_file() else None
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+    """Rebuild a run's model from ``config.json`` and ``model.safetensors``. Nothing is unpickled."""
+    path = Path(path)
+    cfg = read_config(path)
+    model = build_model(cfg, get_spec(cfg.train.dataset).image_shape)
+    weights_path = path / MODEL
+    if not weights_path.is_file():
+        raise RunError(f"{path} has no {MODEL} yet (has its training written a checkpoint?).")
+    tensors, _ = load_tensors(weights_path)
+    load_weights(model, tensors, weights_path)
+    model.to(device).eval()
+    return Run(path=path, config=cfg, model=model)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / METRICS
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut off by a crash; the checkpoint decides what is redone
+    return rows
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(Path(run_dir) / METRICS, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,79 @@
+"""The chapter's closed forms as pure functions of tensors.
+
+Nothing here holds state or parameters; every function is tested against Monte Carlo or an independent
+computation (tests/test_theory.py). Elementwise functions return the input shape; ``sum_except_batch``
+reduces to one value per example.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
+    """[N x ...] -> [N]."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def gaussian_kl(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu1, s1^2) || N(mu2, s2^2)) elementwise, in nats (exercise 14.12).
+
+    log(s2/s1) + (s1^2 + (mu1 - mu2)^2) / (2 s2^2) - 1/2, written with log-variances for stability.
+    Sum over dimensions (``sum_except_batch``) for diagonal Gaussians.
+    """
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mu1 - mu2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+def gaussian_kl_equal_variance(mu1: torch.Tensor, mu2: torch.Tensor, var: float | torch.Tensor) -> torch.Tensor:
+    """KL between two diagonal Gaussians of equal variance: ||mu1 - mu2||^2 / (2 var), per example (14.19)."""
+    return sum_except_batch((mu1 - mu2) ** 2 / (2.0 * var))
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x; mu, exp(logvar)) elementwise."""
+    return -0.5 * (LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
+
+
+def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, 1) elementwise."""
+    return -0.5 * (LOG_2PI + x ** 2)
+
+
+def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log Bernoulli(x; sigmoid(logits)) elementwise, stable for large |logits|."""
+    return -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+
+def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log(mean(exp(x))) along ``dim``, without overflow."""
+    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
+
+
+def nats_to_bits_per_dim(nats: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
+    """Convert a per-example negative log-likelihood in nats to bits per dimension."""
+    return nats / (num_dims * math.log(2.0))
+
+
+def slerp(z1: torch.Tensor, z2: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of z1 and z2 (White 2016), falling back to lerp when parallel.
+
+    z1, z2: [N x D]; t: [T]; returns [N x T x D].
+    """
+    cos = (z1 * z2).sum(-1) / (z1.norm(dim=-1) * z2.norm(dim=-1)).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))[:, None, None]  # (N, 1, 1)
+    t = t[None, :, None]  # (1, T, 1)
+    so = torch.sin(omega)
+    parallel = so.abs() < 1e-6
+    w1 = torch.where(parallel, 1.0 - t, torch.sin((1.0 - t) * omega) / torch.where(parallel, 1.0, so))
+    w2 = torch.where(parallel, t, torch.sin(t * omega) / torch.where(parallel, 1.0, so))
+    return w1 * z1[:, None, :] + w2 * z2[:, None, :]
+
+
+def lerp(z1: torch.Tensor, z2: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation: z1, z2: [N x D]; t: [T]; returns [N x T x D]."""
+    t = t[None, :, None]
+    return (1.0 - t) * z1[:, None, :] + t * z2[:, None, :]

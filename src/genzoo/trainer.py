@@ -1,0 +1,292 @@
+"""The one trainer. Nothing in this file knows which family it trains.
+
+A family provides ``loss(x) -> [N]``; the trainer reduces it, steps Adam (with optional gradient clipping and
+an EMA of the weights), checkpoints atomically every epoch, resumes exactly, and stops cleanly on SIGINT or
+SIGTERM (finishing the step, then saving) or on a non-finite loss (keeping the last good checkpoint).
+
+Resuming is exact on CPU: the data order of an epoch depends only on (seed, epoch), and the checkpoint holds
+the torch and data RNG states, so a resumed run takes the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from genzoo import runs
+from genzoo.data.datasets import ImageDataset
+from genzoo.data.views import batch_indices, get_view
+from genzoo.errors import ConfigError, GenzooError, RunError, TrainingDiverged
+from genzoo.evaluate import evaluate, eval_tensor, isolated_rng, validation_metrics
+from genzoo.models.base import GenerativeModel
+from genzoo.plots import plot_curves, save_grid
+
+PICTURE_SEED = 1234  # the noise behind samples.png and friends
+
+
+class Interrupted(GenzooError):
+    exit_code = 130
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda, then mps, then cpu; an explicit device that is not available is an error."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but this torch build sees no CUDA device.")
+    if name == "mps" and not has_mps:
+        raise ConfigError("--device mps was asked for, but this machine has no MPS device.")
+    return torch.device(name)
+
+
+@dataclass
+class Progress:
+    """The counters a checkpoint carries besides tensors."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done within the current epoch
+    step: int = 0  # optimizer steps in all
+    epoch_loss_sum: float = 0.0
+    epoch_examples: int = 0
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, model: GenerativeModel, run_dir: Path, cfg: runs.RunConfig, data: ImageDataset,
+                 log: Callable[[str], None] = print, progress_bar: bool = True):
+        self.cfg, self.tcfg = cfg, cfg.train
+        self.run_dir = Path(run_dir)
+        self.data = data
+        self.log = log
+        self.progress_bar = progress_bar
+        self.device = pick_device(self.tcfg.device)
+        self.model = model.to(self.device)
+        self.view = get_view(model.view)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.tcfg.ema_decay), use_buffers=True)
+                    if self.tcfg.ema_decay > 0 else None)
+        self.data_gen = torch.Generator(device=self.device).manual_seed(self.tcfg.seed + 1)
+        self.state = Progress()
+        self.metrics: list[dict] = []
+        self._stop_signal: int | None = None
+        self._val_x = eval_tensor(model, data, "val")
+        self._train_images = data.train.images.to(self.device)
+
+    @property
+    def eval_model(self) -> GenerativeModel:
+        """The weights that sample and get scored: the EMA's when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt = self.optimizer.state_dict()
+        optim_scalars = {}
+        for pid, st in opt["state"].items():
+            for name, value in st.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{pid}.{name}"] = value
+                else:
+                    optim_scalars[f"{pid}.{name}"] = value
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.data"] = self.data_gen.get_state()
+        if self.device.type == "cuda":
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        metadata = {"format": runs.CHECKPOINT_FORMAT, "progress": json.dumps(asdict(self.state)),
+                    "param_groups": json.dumps(opt["param_groups"]), "optim_scalars": json.dumps(optim_scalars)}
+        runs.save_tensors(self.run_dir / runs.CHECKPOINT, tensors, metadata)
+        runs.save_tensors(self.run_dir / runs.MODEL, self.eval_model.state_dict())
+
+    def load_checkpoint(self) -> None:
+        path = self.run_dir / runs.CHECKPOINT
+        tensors, meta = runs.load_tensors(path)
+        if meta.get("format") != runs.CHECKPOINT_FORMAT:
+            raise RunError(f"{path} is not a genzoo checkpoint (format {meta.get('format')!r}).")
+        try:
+            progress = Progress(**json.loads(meta["progress"]))
+            param_groups = json.loads(meta["param_groups"])
+            optim_scalars = json.loads(meta["optim_scalars"])
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise RunError(f"{path} is damaged: its metadata cannot be read ({e}).") from None
+        groups = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
+        for key, value in tensors.items():
+            head, _, rest = key.partition(".")
+            if head not in groups:
+                raise RunError(f"{path} is damaged: unexpected tensor '{key}'.")
+            groups[head][rest] = value
+        runs.load_weights(self.model, groups["model"], path)
+        if self.ema is not None:
+            runs.load_weights(self.ema, groups["ema"], path)
+        state: dict[int, dict] = {}
+        for key, value in groups["optim"].items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = value.to(self.device) if name != "step" else value
+        for key, value in optim_scalars.items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = value
+        for g in param_groups:
+            for k, v in g.items():
+                if k != "params" and isinstance(v, list):
+                    g[k] = tuple(v)
+        try:
+            self.optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+            torch.set_rng_state(groups["rng"]["torch"])
+            self.data_gen.set_state(groups["rng"]["data"].to(torch.uint8))
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state_all([groups["rng"][f"cuda.{i}"] for i in range(torch.cuda.device_count())])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise RunError(f"{path} does not fit this run ({str(e).splitlines()[0]}).") from None
+        self.state = progress
+        # Lines for epochs the checkpoint does not cover (a crash between the two writes) are redone.
+        self.metrics = [r for r in runs.read_metrics(self.run_dir) if r.get("epoch", 0) <= progress.epoch
+                        and not r.get("partial")]
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def fit(self) -> dict:
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            finished = self._loop()
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+        return self.finish(finished)
+
+    def _reached_max_steps(self) -> bool:
+        return bool(self.tcfg.max_steps) and self.state.step >= self.tcfg.max_steps
+
+    def _loop(self) -> bool:
+        t, s = self.tcfg, self.state
+        n = len(self.data.train)
+        if n < t.batch_size:
+            raise ConfigError(f"--batch-size {t.batch_size} is larger than the training split ({n} examples).")
+        steps_per_epoch = n // t.batch_size
+        while s.epoch < t.epochs:
+            if self._reached_max_steps():
+                return False
+            self.model.train()
+            bar = tqdm(total=steps_per_epoch, initial=s.batch, desc=f"epoch {s.epoch + 1}/{t.epochs}", unit="step",
+                       disable=not self.progress_bar or None, leave=False)
+            tick = time.perf_counter()
+            for idx in batch_indices(n, t.batch_size, t.seed, s.epoch, start_batch=s.batch):
+                loss = self._step(self._train_images[idx])
+                s.batch += 1
+                s.step += 1
+                s.epoch_loss_sum += loss * t.batch_size
+                s.epoch_examples += t.batch_size
+                now = time.perf_counter()
+                s.epoch_seconds += now - tick
+                s.train_seconds += now - tick
+                tick = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{s.epoch_examples / max(s.epoch_seconds, 1e-9):.0f}")
+                if self._stop_signal is not None or self._reached_max_steps():
+                    break
+            bar.close()
+            if self._stop_signal is not None:
+                self.save_checkpoint()
+                name = signal.Signals(self._stop_signal).name
+                raise Interrupted(f"stopped by {name} after step {s.step} (epoch {s.epoch + 1}); the checkpoint in "
+                                  f"{self.run_dir} is complete: continue with --resume.")
+            if s.batch < steps_per_epoch:  # stopped by --max-steps within the epoch
+                self.metrics.append(self._epoch_row(partial=True))
+                runs.write_metrics(self.run_dir, self.metrics)
+                self.save_checkpoint()
+                return False
+            row = self._epoch_row(partial=False)
+            self.metrics.append(row)
+            runs.write_metrics(self.run_dir, self.metrics)  # before the checkpoint: see load_checkpoint
+            s.epoch += 1
+            s.batch = 0
+            s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0.0, 0, 0.0
+            self.save_checkpoint()
+            self.log(self._describe(row))
+        return True
+
+    def _step(self, images: torch.Tensor) -> float:
+        x = self.view.train_batch(images, self.data_gen)
+        losses = self.model.loss(x)
+        assert losses.shape == (x.shape[0],), f"loss must be per example, got shape {tuple(losses.shape)}"
+        loss = losses.mean()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value} at step {self.state.step + 1} (epoch {self.state.epoch + 1}); training "
+                f"stopped and the last good checkpoint in {self.run_dir} (step {self._last_saved_step()}) is kept; "
+                f"try a lower --lr or --grad-clip.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return value
+
+    def _last_saved_step(self) -> int | str:
+        path = self.run_dir / runs.CHECKPOINT
+        if not path.is_file():
+            return "none"
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["progress"])["step"]
+
+    def _epoch_row(self, partial: bool) -> dict:
+        s = self.state
+        self.eval_model.eval()
+        val = validation_metrics(self.eval_model, self._val_x, self.device)
+        row = {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.epoch_loss_sum / max(s.epoch_examples, 1),
+               **{f"val_{k}": v for k, v in val.items()},
+               "images_per_s": s.epoch_examples / max(s.epoch_seconds, 1e-9), "epoch_seconds": s.epoch_seconds}
+        if partial:
+            row["partial"] = True
+        return row
+
+    def _describe(self, row: dict) -> str:
+        vals = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("val_"))
+        return (f"epoch {row['epoch']}/{self.tcfg.epochs}  train_loss={row['train_loss']:.3f}  {vals}  "
+                f"{row['images_per_s']:.0f} img/s")
+
+    # --- the end -------------------------------------------------------------------------------
+    def finish(self, finished: bool) -> dict:
+        """Score the model, draw its pictures and curves, and write summary.json."""
+        model = self.eval_model
+        model.eval()
+        result = evaluate(model, self.data, self.cfg.eval, self.device, progress=self.progress_bar)
+        test_x = eval_tensor(model, self.data, "test", 64).to(self.device)
+        with isolated_rng(PICTURE_SEED, self.device):
+            gen = torch.Generator(device=self.device).manual_seed(PICTURE_SEED)
+            for name, grid in model.pictures(test_x, gen).items():
+                save_grid(grid, self.run_dir / f"{name}.png")
+        plot_curves(self.metrics, self.run_dir / "curves.png", title=f"{model.family} on {self.data.name}")
+        s = self.state
+        summary = {
+            "family": model.family, "kind": model.kind.value, "dataset": self.data.name, "view": model.view,
+            "finished": finished, "epochs_completed": s.epoch, "steps": s.step,
+            "train_wall_time_s": s.train_seconds,
+            "images_per_s": (s.step * self.tcfg.batch_size) / max(s.train_seconds, 1e-9),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(self.device), "eval": result,
+        }
+        runs.write_json(self.run_dir / runs.SUMMARY, summary)
+        return summary
