@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -17,8 +16,8 @@ import torch
 
 from genzoo import __version__, runs
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags
-from genzoo.data.datasets import DATASETS, get_spec, load_dataset, locate, search_dirs
-from genzoo.errors import ConfigError, GenzooError, RunError
+from genzoo.data.datasets import DATASETS, load_dataset, locate, search_dirs
+from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
 
 # Settings a resumed run may change; everything else is fixed by the run's config.json.
@@ -112,27 +111,11 @@ def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
 
 
 def cmd_train(args) -> int:
-    from genzoo.trainer import Trainer
+    from genzoo.trainer import train_run
 
     cfg, out = resolve_train_config(args)
-    data = load_dataset(cfg.train.dataset)
-    if cfg.train.subset:
-        data = data.subset(cfg.train.subset)
-    torch.manual_seed(cfg.train.seed)
-    model = runs.build_model(cfg, data.image_shape)
-    out.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out / runs.CONFIG, cfg.to_json())
-    trainer = Trainer(model, out, cfg, data, log=lambda m: print(m, flush=True), progress_bar=sys.stderr.isatty())
-    if args.resume:
-        if (out / runs.CHECKPOINT).is_file():
-            trainer.load_checkpoint()
-            print(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}", flush=True)
-        else:
-            print(f"{out} has no checkpoint yet; starting it from the beginning", flush=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} parameters, "
-          f"device {trainer.device}, run folder {out}", flush=True)
-    summary = trainer.fit()
+    summary = train_run(cfg, out, resume=args.resume, log=lambda m: print(m, flush=True),
+                        progress_bar=sys.stderr.isatty())
     print(format_metrics(summary["eval"]))
     print(f"{summary['steps']} steps in {summary['train_wall_time_s']:.1f} s ({summary['images_per_s']:.0f} images/s); "
           f"pictures and metrics in {out}")

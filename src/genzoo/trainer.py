@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from genzoo import runs
-from genzoo.data.datasets import ImageDataset
+from genzoo.data.datasets import ImageDataset, load_dataset
 from genzoo.data.views import batch_indices, get_view
 from genzoo.errors import ConfigError, GenzooError, RunError, TrainingDiverged
 from genzoo.evaluate import evaluate, eval_tensor, isolated_rng, validation_metrics
@@ -290,3 +290,24 @@ class Trainer:
         }
         runs.write_json(self.run_dir / runs.SUMMARY, summary)
         return summary
+
+
+def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callable[[str], None] = print,
+              progress_bar: bool = False) -> dict:
+    """Train (or, with ``resume``, continue) the run ``cfg`` in folder ``out``; returns its summary."""
+    out = Path(out)
+    data = load_dataset(cfg.train.dataset)
+    if cfg.train.subset:
+        data = data.subset(cfg.train.subset)
+    torch.manual_seed(cfg.train.seed)
+    model = runs.build_model(cfg, data.image_shape)
+    trainer = Trainer(model, out, cfg, data, log=log, progress_bar=progress_bar)
+    if resume and (out / runs.CHECKPOINT).is_file():
+        trainer.load_checkpoint()  # before anything is written: a damaged checkpoint changes nothing
+        log(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / runs.CONFIG, cfg.to_json())
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} parameters, "
+        f"device {trainer.device}, run folder {out}")
+    return trainer.fit()

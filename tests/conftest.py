@@ -1,0 +1,52 @@
+import contextlib
+import io
+import sys
+
+import pytest
+import torch
+
+from genzoo.config import EvalConfig, TrainConfig
+from genzoo.models.vae import VAEConfig
+from genzoo.runs import RunConfig
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def tiny_vae_config(**train) -> RunConfig:
+    """A small VAE on the first 512 examples of each MNIST split: 8 steps per epoch at batch size 64."""
+    t = dict(epochs=2, batch_size=64, subset=512, lr=2e-3, seed=3)
+    t.update(train)
+    return RunConfig(family="vae", model=VAEConfig(latent_dim=4, hidden=32, depth=1),
+                     train=TrainConfig(**t), eval=EvalConfig(iwae_k=8, n=64))
+
+
+@pytest.fixture
+def run_cli():
+    """Run the CLI in-process: returns (exit status, stdout, stderr)."""
+    from genzoo.cli import main
+
+    def run(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:  # argparse
+                code = e.code
+        return code, out.getvalue(), err.getvalue()
+
+    return run
+
+
+def assert_one_clear_error(code, err, *fragments):
+    """Exit status 2, a single line on stderr, no traceback, and the fragments in the message."""
+    assert code == 2, f"exit status {code}, stderr: {err!r}"
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert "Traceback" not in err
+    assert lines[0].startswith("genzoo: error: ")
+    for frag in fragments:
+        assert frag in lines[0], f"{frag!r} not in {lines[0]!r}"

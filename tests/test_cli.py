@@ -1,0 +1,150 @@
+"""The command line end to end on a small slice of MNIST, and every bad-input path: one sentence, exit 2."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import assert_one_clear_error
+
+SMALL = ["--subset", "512", "--epochs", "1", "--batch-size", "64", "--latent-dim", "4", "--hidden", "32",
+         "--eval-iwae-k", "8", "--eval-n", "64"]
+
+
+def genzoo(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "genzoo", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    p = genzoo("train", "vae", *SMALL, "--out", run)
+    assert p.returncode == 0, p.stderr
+    return run, p
+
+
+def digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    run, p = trained
+    assert "neg_elbo" in p.stdout and "nats" in p.stdout and "Traceback" not in p.stderr
+    for name in ("config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "summary.json",
+                 "samples.png", "recon.png", "interp.png", "curves.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["family"] == "vae" and config["model"]["latent_dim"] == 4 and config["train"]["subset"] == 512
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == 8 and summary["images_per_s"] > 0
+    assert summary["eval"]["n_examples"] == 64 and summary["eval"]["view"] == "binary"
+    # samples.png is the 10 x 10 grid: 10 tiles of 28 px with 2 px padding, doubled
+    assert Image.open(run / "samples.png").size == ((10 * 30 + 2) * 2,) * 2
+    assert Image.open(run / "recon.png").size == ((8 * 30 + 2) * 2, (4 * 30 + 2) * 2)  # 16 pairs
+
+
+def test_sample_is_reproducible(trained, tmp_path):
+    run, _ = trained
+    for name in ("a.png", "b.png"):
+        assert genzoo("sample", run, "--n", 16, "--seed", 4, "--out", tmp_path / name).returncode == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert genzoo("sample", run, "--n", 16, "--seed", 5, "--out", tmp_path / "c.png").returncode == 0
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+    assert Image.open(tmp_path / "a.png").size == ((4 * 30 + 2) * 2,) * 2
+
+
+def test_eval_reproduces_the_training_summary(trained, run_cli):
+    run, _ = trained
+    code, out, err = run_cli("eval", run, "--iwae-k", 8, "--n", 64)
+    assert code == 0, err
+    assert "neg_elbo" in out and "IWAE bound, k=8" in out and "64 examples" in out
+    written = json.loads((run / "eval-test.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())["eval"]
+    for key in ("neg_elbo_nats", "nll_nats", "n_examples", "iwae_k"):
+        assert written[key] == summary[key], key
+
+
+def test_list_names_families_kinds_and_datasets(run_cli):
+    code, out, _ = run_cli("list")
+    assert code == 0
+    assert any(l.split()[:2] == ["vae", "bound"] for l in out.splitlines())
+    assert "mnist" in out and "embedded" in out and "fashion-mnist" in out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "flow"], "invalid choice: 'flow'"),
+    (["train", "vae", "--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["train", "vae", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "vae", "--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["train", "vae", "--lr", "0"], "--lr must be greater than 0"),
+    (["train", "vae", "--latent-dim", "ten"], "invalid int value: 'ten'"),
+    (["train", "vae", "--ema-decay", "1.0"], "--ema-decay must be less than 1"),
+    (["train", "vae", "--eval-iwae-k", "0"], "--eval-iwae-k must be at least 1"),
+    (["train", "vae", "--resume"], "--resume needs --out"),
+    (["sample", "RUN", "--n", "0"], "--n must be a positive integer"),
+    (["sample", "RUN", "--out", "x.jpg"], "--out must name a .png file"),
+    (["eval", "RUN", "--iwae-k", "0"], "--iwae-k must be at least 1"),
+    (["eval", "RUN", "--split", "dev"], "invalid choice: 'dev'"),
+])
+def test_bad_options_are_one_clear_sentence(run_cli, trained, args, fragment):
+    run, _ = trained
+    before = digest(run)
+    code, _, err = run_cli(*[str(run) if a == "RUN" else a for a in args])
+    assert_one_clear_error(code, err, fragment)
+    assert digest(run) == before  # nothing saved is touched
+
+
+def test_paths_that_are_not_runs(run_cli, tmp_path):
+    code, _, err = run_cli("eval", tmp_path / "missing")
+    assert_one_clear_error(code, err, "not a run folder")
+    code, _, err = run_cli("sample", tmp_path)
+    assert_one_clear_error(code, err, "not a run folder", "no config.json")
+
+
+def test_damaged_run_files_are_refused_and_left_alone(run_cli, trained, tmp_path):
+    import shutil
+    run, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    code, _, err = run_cli("sample", broken)
+    assert_one_clear_error(code, err, "model.safetensors", "not a readable safetensors file")
+    shutil.copy(run / "model.safetensors", broken / "model.safetensors")
+    (broken / "config.json").write_text('{"family": "vae", "model": ')
+    before = digest(broken)
+    code, _, err = run_cli("eval", broken)
+    assert_one_clear_error(code, err, "config.json is damaged")
+    code, _, err = run_cli("train", "vae", "--out", broken, "--resume")
+    assert_one_clear_error(code, err, "config.json is damaged")
+    assert digest(broken) == before
+
+
+def test_a_saved_run_is_never_overwritten(run_cli, trained):
+    run, _ = trained
+    before = digest(run)
+    code, _, err = run_cli("train", "vae", *SMALL, "--out", run)
+    assert_one_clear_error(code, err, "already exists", "--resume")
+    code, _, err = run_cli("train", "vae", "--out", run, "--resume", "--lr", "0.5")
+    assert_one_clear_error(code, err, "--lr 0.5 differs from the run's saved value")
+    code, _, err = run_cli("train", "vae", "--out", run, "--resume", "--dataset", "fashion-mnist")
+    assert_one_clear_error(code, err, "--dataset fashion-mnist differs")
+    assert digest(run) == before
+
+
+def test_resume_from_the_command_line_extends_a_run(run_cli, trained, tmp_path):
+    import shutil
+    run, _ = trained
+    copy = tmp_path / "more"
+    shutil.copytree(run, copy)
+    code, out, err = run_cli("train", "vae", "--out", copy, "--resume", "--epochs", "2")
+    assert code == 0, err
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["steps"] == 16
+    assert json.loads((copy / "config.json").read_text())["train"]["epochs"] == 2

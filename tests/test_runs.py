@@ -1,0 +1,107 @@
+"""Run folders: save -> load -> identical outputs, strict loading, damaged files, atomic writes."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_vae_config
+from genzoo import load_run, runs
+from genzoo.errors import RunError
+from genzoo.models.vae import VAE, VAEConfig
+
+
+def write_run(folder, cfg=None, model=None):
+    cfg = cfg or tiny_vae_config()
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_json(folder / runs.CONFIG, cfg.to_json())
+    model = model or runs.build_model(cfg, (1, 28, 28))
+    runs.save_tensors(folder / runs.MODEL, model.state_dict())
+    return model
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path):
+    torch.manual_seed(5)
+    model = write_run(tmp_path / "run").eval()
+    run = load_run(tmp_path / "run")
+    assert run.config.to_json() == tiny_vae_config().to_json()
+    assert not run.model.training
+    z = torch.randn(10, 4)
+    x = torch.rand(10, 1, 28, 28).bernoulli()
+    assert torch.equal(model.decode(z), run.model.decode(z))
+    assert all(torch.equal(a, b) for a, b in zip(model.encode(x), run.model.encode(x)))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(model.sample(4, g1), run.model.sample(4, g2))
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(RunError, match="not a run folder.*no such directory"):
+        load_run(tmp_path / "nowhere")
+    with pytest.raises(RunError, match="not a run folder.*no config.json"):
+        load_run(tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"family": "vae"}', "lacks model, train, eval"),
+])
+def test_damaged_config(tmp_path, text, message):
+    write_run(tmp_path)
+    (tmp_path / runs.CONFIG).write_text(text)
+    with pytest.raises(RunError, match=message):
+        load_run(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(family="flow"), "unknown model family 'flow'"),
+    (lambda c: c["model"].update(latent_dim=0), "latent_dim must be at least 1"),
+    (lambda c: c["model"].update(latent_dim="32"), "latent_dim must be an int"),
+    (lambda c: c["train"].update(colour="blue"), "unknown setting"),
+    (lambda c: c["train"].update(dataset="cifar"), "dataset must be one of"),
+])
+def test_invalid_config_values(tmp_path, edit, message):
+    write_run(tmp_path)
+    data = json.loads((tmp_path / runs.CONFIG).read_text())
+    edit(data)
+    (tmp_path / runs.CONFIG).write_text(json.dumps(data))
+    with pytest.raises(RunError, match=message):
+        load_run(tmp_path)
+
+
+def test_damaged_or_mismatched_weights(tmp_path):
+    write_run(tmp_path)
+    weights = tmp_path / runs.MODEL
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(RunError, match="not a readable safetensors file"):
+        load_run(tmp_path)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(RunError, match="not a readable safetensors file"):
+        load_run(tmp_path)
+    other = VAE(VAEConfig(latent_dim=4, hidden=64, depth=1), (1, 28, 28))  # another width
+    runs.save_tensors(weights, other.state_dict())
+    with pytest.raises(RunError, match="does not match the model in config.json: tensor"):
+        load_run(tmp_path)
+    deeper = VAE(VAEConfig(latent_dim=4, hidden=32, depth=2), (1, 28, 28))
+    runs.save_tensors(weights, deeper.state_dict())
+    with pytest.raises(RunError, match="unexpected tensor"):
+        load_run(tmp_path)
+    weights.unlink()
+    with pytest.raises(RunError, match="has no model.safetensors"):
+        load_run(tmp_path)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "summary.json"
+    runs.write_json(target, {"good": 1})
+
+    def fails_halfway(tmp):
+        with open(tmp, "w") as f:
+            f.write('{"half')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        runs.atomic_write(target, fails_halfway)
+    assert json.loads(target.read_text()) == {"good": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]

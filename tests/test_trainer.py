@@ -1,0 +1,112 @@
+"""The trainer: exact resumption, clean stops on signals, divergence that keeps the last good checkpoint."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_vae_config
+from genzoo import runs
+from genzoo.errors import TrainingDiverged
+from genzoo.models.vae import VAE
+from genzoo.trainer import Interrupted, train_run
+
+QUIET = dict(log=lambda m: None, progress_bar=False)
+
+
+def checkpoint_tensors(run_dir):
+    return load_file(str(run_dir / runs.CHECKPOINT))
+
+
+def assert_same_state(a, b):
+    """Every tensor of two checkpoints (weights, EMA, optimizer, RNG) equal to the bit, metrics equal."""
+    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")} for r in rows]
+    assert strip(runs.read_metrics(a)) == strip(runs.read_metrics(b))
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_an_epoch_equals_uninterrupted(tmp_path, ema_decay):
+    full = train_run(tiny_vae_config(epochs=2, ema_decay=ema_decay), tmp_path / "full", **QUIET)
+    train_run(tiny_vae_config(epochs=1, ema_decay=ema_decay), tmp_path / "part", **QUIET)
+    resumed = train_run(tiny_vae_config(epochs=2, ema_decay=ema_decay), tmp_path / "part", resume=True, **QUIET)
+    assert full["steps"] == resumed["steps"] == 16
+    assert_same_state(tmp_path / "full", tmp_path / "part")
+    assert full["eval"] == resumed["eval"]
+
+
+def test_resume_in_the_middle_of_an_epoch_equals_uninterrupted(tmp_path):
+    train_run(tiny_vae_config(epochs=2), tmp_path / "full", **QUIET)
+    stopped = train_run(tiny_vae_config(epochs=2, max_steps=5), tmp_path / "part", **QUIET)
+    assert stopped["steps"] == 5 and not stopped["finished"]
+    assert (tmp_path / "part" / "samples.png").is_file()  # --max-steps still writes a complete run folder
+    assert runs.read_metrics(tmp_path / "part")[-1]["partial"] is True
+    train_run(tiny_vae_config(epochs=2, max_steps=11), tmp_path / "part", resume=True, **QUIET)  # across epochs
+    train_run(tiny_vae_config(epochs=2), tmp_path / "part", resume=True, **QUIET)
+    assert_same_state(tmp_path / "full", tmp_path / "part")
+
+
+def test_sigint_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    train_run(tiny_vae_config(epochs=2, ema_decay=0.5), tmp_path / "full", **QUIET)
+    calls = {"n": 0}
+    original = VAE.loss
+
+    def loss_then_signal(self, x):
+        calls["n"] += 1
+        if calls["n"] == 11:  # in the middle of the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x)
+
+    monkeypatch.setattr(VAE, "loss", loss_then_signal)
+    with pytest.raises(Interrupted, match="SIGINT after step 11.*--resume"):
+        train_run(tiny_vae_config(epochs=2, ema_decay=0.5), tmp_path / "part", **QUIET)
+    monkeypatch.setattr(VAE, "loss", original)
+    meta = json.loads(runs.load_tensors(tmp_path / "part" / runs.CHECKPOINT)[1]["progress"])
+    assert (meta["step"], meta["epoch"], meta["batch"]) == (11, 1, 3)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    train_run(tiny_vae_config(epochs=2, ema_decay=0.5), tmp_path / "part", resume=True, **QUIET)
+    assert_same_state(tmp_path / "full", tmp_path / "part")
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = VAE.loss
+
+    def loss_goes_nan(self, x):
+        calls["n"] += 1
+        out = original(self, x)
+        return out * float("nan") if calls["n"] == 12 else out
+
+    monkeypatch.setattr(VAE, "loss", loss_goes_nan)
+    with pytest.raises(TrainingDiverged, match=r"nan at step 12 .*last good checkpoint .*\(step 8\)"):
+        train_run(tiny_vae_config(epochs=3), tmp_path / "run", **QUIET)
+    tensors, meta = runs.load_tensors(tmp_path / "run" / runs.CHECKPOINT)
+    assert json.loads(meta["progress"])["step"] == 8
+    weights = load_file(str(tmp_path / "run" / runs.MODEL))
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+    assert all(torch.equal(weights[k], tensors[f"model.{k}"]) for k in weights)  # model file = last good weights
+    assert len(runs.read_metrics(tmp_path / "run")) == 1
+    monkeypatch.setattr(VAE, "loss", original)
+    resumed = train_run(tiny_vae_config(epochs=3), tmp_path / "run", resume=True, **QUIET)  # and it can go on
+    assert resumed["steps"] == 24 and resumed["finished"]
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
+    summary = train_run(tiny_vae_config(epochs=3), tmp_path / "run", **QUIET)
+    rows = runs.read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_neg_elbo"] < rows[0]["val_neg_elbo"]
+    for name in ("config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "summary.json",
+                 "samples.png", "recon.png", "interp.png", "curves.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    ev = summary["eval"]
+    assert ev["n_examples"] == 64 and ev["split"] == "test" and ev["iwae_k"] == 8
+    assert ev["neg_elbo_nats"] >= ev["nll_nats"] > 0  # IWAE-8 is tighter than the ELBO on average
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temporary files left
