@@ -12,7 +12,7 @@ from conftest import tiny_vae_config
 from genzoo import runs
 from genzoo.errors import TrainingDiverged
 from genzoo.models.vae import VAE
-from genzoo.trainer import Interrupted, train_run
+from genzoo.trainer import Interrupted, learning_rate, train_run
 
 QUIET = dict(log=lambda m: None, progress_bar=False)
 
@@ -41,14 +41,23 @@ def test_resume_after_an_epoch_equals_uninterrupted(tmp_path, ema_decay):
     assert full["eval"] == resumed["eval"]
 
 
+def test_learning_rate_schedules():
+    assert [learning_rate(s, 100, 1.0, "constant", 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = [learning_rate(s, 100, 2.0, "cosine", 0) for s in range(101)]
+    assert cosine[0] == 2.0 and cosine[50] == pytest.approx(1.0) and cosine[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(cosine, cosine[1:]))  # monotone decay
+    assert learning_rate(10, 100, 1.0, "cosine", 10) == 1.0  # cosine starts after the warm-up
+
+
 def test_resume_in_the_middle_of_an_epoch_equals_uninterrupted(tmp_path):
-    train_run(tiny_vae_config(epochs=2), tmp_path / "full", **QUIET)
-    stopped = train_run(tiny_vae_config(epochs=2, max_steps=5), tmp_path / "part", **QUIET)
+    sched = dict(lr_schedule="cosine", warmup_steps=3)
+    train_run(tiny_vae_config(epochs=2, **sched), tmp_path / "full", **QUIET)
+    stopped = train_run(tiny_vae_config(epochs=2, max_steps=5, **sched), tmp_path / "part", **QUIET)
     assert stopped["steps"] == 5 and not stopped["finished"]
     assert (tmp_path / "part" / "samples.png").is_file()  # --max-steps still writes a complete run folder
     assert runs.read_metrics(tmp_path / "part")[-1]["partial"] is True
-    train_run(tiny_vae_config(epochs=2, max_steps=11), tmp_path / "part", resume=True, **QUIET)  # across epochs
-    train_run(tiny_vae_config(epochs=2), tmp_path / "part", resume=True, **QUIET)
+    train_run(tiny_vae_config(epochs=2, max_steps=11, **sched), tmp_path / "part", resume=True, **QUIET)  # across epochs
+    train_run(tiny_vae_config(epochs=2, **sched), tmp_path / "part", resume=True, **QUIET)
     assert_same_state(tmp_path / "full", tmp_path / "part")
 
 

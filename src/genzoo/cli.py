@@ -20,6 +20,11 @@ from genzoo.data.datasets import DATASETS, load_dataset, locate, search_dirs
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
 
+# The evaluation that ends `genzoo train`: IWAE with k = 5000 over the 10,000 test images takes about 20 minutes
+# on two CPU cores, so training ends with k = 1000 (a bound about 0.3 nats looser, stated with the figure) and
+# `genzoo eval` gives the k = 5000 figure.
+TRAIN_FINAL_EVAL = EvalConfig(iwae_k=1000)
+
 # Settings a resumed run may change; everything else is fixed by the run's config.json.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "device"}
 
@@ -47,7 +52,8 @@ def build_parser() -> Parser:
         f.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
         add_dataclass_arguments(f.add_argument_group("model"), family.Config)
         add_dataclass_arguments(f.add_argument_group("training"), TrainConfig)
-        add_dataclass_arguments(f.add_argument_group("final evaluation"), EvalConfig, prefix="eval-")
+        add_dataclass_arguments(f.add_argument_group("final evaluation"), EvalConfig, prefix="eval-",
+                                defaults=TRAIN_FINAL_EVAL)
 
     sample = sub.add_parser("sample", help="draw samples from a trained run")
     sample.add_argument("run", type=Path, help="run folder")
@@ -102,7 +108,8 @@ def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
         )
         return cfg, args.out
     cfg = runs.RunConfig(family=args.family, model=from_args(family.Config, args),
-                         train=from_args(TrainConfig, args), eval=from_args(EvalConfig, args, prefix="eval-"))
+                         train=from_args(TrainConfig, args),
+                         eval=from_args(EvalConfig, args, base=TRAIN_FINAL_EVAL, prefix="eval-"))
     out = args.out if args.out is not None else default_out(args.family, cfg.train.dataset)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already exists and is not empty; continue that run with --resume, "

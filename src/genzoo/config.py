@@ -29,6 +29,8 @@ class TrainConfig:
     epochs: int = option(10, "number of passes over the training split", min=1)
     batch_size: int = option(128, "examples per optimizer step", min=1)
     lr: float = option(1e-3, "Adam learning rate", gt=0.0)
+    lr_schedule: str = option("constant", "learning-rate schedule over the run's epochs", choices=("constant", "cosine"))
+    warmup_steps: int = option(0, "linear learning-rate warm-up over this many steps", min=0)
     weight_decay: float = option(0.0, "Adam weight decay", min=0.0)
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)", min=0.0)
     ema_decay: float = option(0.0, "decay of the exponential moving average of weights (0 = off)", min=0.0, lt=1.0)
@@ -98,13 +100,17 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def add_dataclass_arguments(parser, cls: type, prefix: str = "") -> None:
-    """Add one --{prefix}{field} flag per field; defaults are None so that given flags can be told apart."""
+def add_dataclass_arguments(parser, cls: type, prefix: str = "", defaults: Any | None = None) -> None:
+    """Add one --{prefix}{field} flag per field; defaults are None so that given flags can be told apart.
+
+    ``defaults``, an instance of ``cls``, replaces the dataclass defaults shown in the help.
+    """
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         flag = "--" + (prefix + f.name).replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        default = getattr(defaults, f.name) if defaults is not None else f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
         parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=kind, default=None,
                             metavar=f.name.upper(), choices=f.metadata.get("choices"), help=help_text)
 

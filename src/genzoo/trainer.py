@@ -34,6 +34,16 @@ from genzoo.plots import plot_curves, save_grid
 PICTURE_SEED = 1234  # the noise behind samples.png and friends
 
 
+def learning_rate(step: int, total_steps: int, base: float, schedule: str, warmup_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
+    if warmup_steps and step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base
+
+
 class Interrupted(GenzooError):
     exit_code = 130
 
@@ -189,6 +199,8 @@ class Trainer:
                        disable=not self.progress_bar or None, leave=False)
             tick = time.perf_counter()
             for idx in batch_indices(n, t.batch_size, t.seed, s.epoch, start_batch=s.batch):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate(s.step, t.epochs * steps_per_epoch, t.lr, t.lr_schedule, t.warmup_steps)
                 loss = self._step(self._train_images[idx])
                 s.batch += 1
                 s.step += 1
