@@ -86,6 +86,7 @@ def test_list_names_families_kinds_and_datasets(run_cli):
     (["train", "vae", "--lr", "0"], "--lr must be greater than 0"),
     (["train", "vae", "--latent-dim", "ten"], "invalid int value: 'ten'"),
     (["train", "vae", "--ema-decay", "1.0"], "--ema-decay must be less than 1"),
+    (["train", "vae", "--lr", "nan"], "--lr must be a finite number"),
     (["train", "vae", "--eval-iwae-k", "0"], "--eval-iwae-k must be at least 1"),
     (["train", "vae", "--resume"], "--resume needs --out"),
     (["sample", "RUN", "--n", "0"], "--n must be a positive integer"),

@@ -56,7 +56,7 @@ def test_damaged_config(tmp_path, text, message):
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.update(family="flow"), "unknown model family 'flow'"),
     (lambda c: c["model"].update(latent_dim=0), "latent_dim must be at least 1"),
-    (lambda c: c["model"].update(latent_dim="32"), "latent_dim must be an int"),
+    (lambda c: c["model"].update(latent_dim="32"), "latent_dim must be an integer"),
     (lambda c: c["train"].update(colour="blue"), "unknown setting"),
     (lambda c: c["train"].update(dataset="cifar"), "dataset must be one of"),
 ])

@@ -67,7 +67,8 @@ def validate(cfg: Any, prefix: str = "--") -> Any:
         else:
             ok = isinstance(value, kind)
         if not ok:
-            raise ConfigError(f"{name} must be a{'n' if kind is int else ''} {kind.__name__}, got {value!r}.")
+            what = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(kind, kind.__name__)
+            raise ConfigError(f"{name} must be {what}; got {value!r}.")
         m = f.metadata
         if m.get("choices") is not None and value not in m["choices"]:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, m['choices']))}; got {value!r}.")
