@@ -51,7 +51,8 @@ def build_parser() -> Parser:
                        help="run folder to write (default: runs/FAMILY-DATASET, numbered if it exists)")
         f.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
         add_dataclass_arguments(f.add_argument_group("model"), family.Config)
-        add_dataclass_arguments(f.add_argument_group("training"), TrainConfig)
+        add_dataclass_arguments(f.add_argument_group("training"), TrainConfig,
+                                defaults=TrainConfig(**family.train_defaults))
         add_dataclass_arguments(f.add_argument_group("final evaluation"), EvalConfig, prefix="eval-",
                                 defaults=TRAIN_FINAL_EVAL)
 
@@ -108,7 +109,7 @@ def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
         )
         return cfg, args.out
     cfg = runs.RunConfig(family=args.family, model=from_args(family.Config, args),
-                         train=from_args(TrainConfig, args),
+                         train=from_args(TrainConfig, args, base=TrainConfig(**family.train_defaults)),
                          eval=from_args(EvalConfig, args, base=TRAIN_FINAL_EVAL, prefix="eval-"))
     out = args.out if args.out is not None else default_out(args.family, cfg.train.dataset)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

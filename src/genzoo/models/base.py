@@ -43,6 +43,7 @@ class GenerativeModel(nn.Module):
     kind: ClassVar[DensityKind]
     view: ClassVar[str]  # the data view it trains and is scored on (genzoo.data.views)
     Config: ClassVar[type]  # its model-config dataclass
+    train_defaults: ClassVar[dict] = {}  # TrainConfig values this family trains best with (CLI defaults)
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
         super().__init__()
