@@ -151,3 +151,63 @@ def test_resume_from_the_command_line_extends_a_run(run_cli, trained, tmp_path):
     summary = json.loads((copy / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["steps"] == 16
     assert json.loads((copy / "config.json").read_text())["train"]["epochs"] == 2
+
+
+# --- diffusion from the command line -----------------------------------------------------------------------
+DDPM_SMALL = ["--subset", "256", "--epochs", "1", "--batch-size", "32", "--timesteps", "20", "--channels", "8",
+              "--eval-n", "4", "--class-cond", "true"]
+
+
+@pytest.fixture(scope="module")
+def trained_ddpm(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "ddpm"
+    p = genzoo("train", "ddpm", *DDPM_SMALL, "--out", run)
+    assert p.returncode == 0, p.stderr
+    return run, p
+
+
+def test_ddpm_trains_and_writes_its_pictures(trained_ddpm):
+    run, p = trained_ddpm
+    assert "bits/dim" in p.stdout and "4 examples" in p.stdout
+    for name in ("samples.png", "trajectory.png", "curves.png", "summary.json", "model.safetensors"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["ema_decay"] == 0.999 and config["model"]["class_cond"] is True  # diffusion defaults
+    ev = json.loads((run / "summary.json").read_text())["eval"]
+    assert ev["view"] == "uint8" and ev["neg_elbo_bits_per_dim"] > 0 and ev["n_examples"] == 4
+    assert Image.open(run / "trajectory.png").size == ((10 * 30 + 2) * 2, (4 * 30 + 2) * 2)
+
+
+def test_ddpm_sampling_options(trained_ddpm, tmp_path, run_cli):
+    run, _ = trained_ddpm
+    args = ["sample", run, "--n", 4, "--sampler", "ddim", "--steps", 5, "--eta", 0, "--class", 3, "--guidance", 2.0]
+    for name in ("a.png", "b.png"):
+        code, _, err = run_cli(*args, "--seed", 1, "--out", tmp_path / name)
+        assert code == 0, err
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    code, _, err = run_cli("sample", run, "--n", 2, "--sampler", "ddpm", "--out", tmp_path / "c.png")
+    assert code == 0, err
+    for bad, fragment in ((["--steps", 21], "between 1 and the 20 training timesteps"),
+                          (["--eta", -1], "--eta must be non-negative"),
+                          (["--class", 12], "--class must be between 0 and 9"),
+                          (["--sampler", "ddpm", "--steps", 5], "--steps applies to --sampler ddim"),
+                          (["--guidance", -1], "--guidance must be non-negative")):
+        code, _, err = run_cli("sample", run, "--n", 2, *bad, "--out", tmp_path / "d.png")
+        assert_one_clear_error(code, err, fragment)
+
+
+def test_sampler_options_a_family_does_not_take(trained, run_cli):
+    run, _ = trained
+    code, _, err = run_cli("sample", run, "--class", 3)
+    assert_one_clear_error(code, err, "the vae family's sampler takes no --class option")
+    code, _, err = run_cli("sample", run, "--steps", 10)
+    assert_one_clear_error(code, err, "takes no --steps option")
+
+
+def test_bad_diffusion_options(run_cli):
+    for args, fragment in ((["--schedule", "sigmoid"], "invalid choice: 'sigmoid'"),
+                           (["--timesteps", "1"], "--timesteps must be at least 2"),
+                           (["--channel-mult", "1,x"], "--channel-mult must be comma-separated integers"),
+                           (["--class-cond", "maybe"], "expected true or false")):
+        code, _, err = run_cli("train", "ddpm", *args)
+        assert_one_clear_error(code, err, fragment)

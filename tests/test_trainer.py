@@ -66,11 +66,11 @@ def test_sigint_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatc
     calls = {"n": 0}
     original = VAE.loss
 
-    def loss_then_signal(self, x):
+    def loss_then_signal(self, x, y=None):
         calls["n"] += 1
         if calls["n"] == 11:  # in the middle of the second epoch
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, x)
+        return original(self, x, y)
 
     monkeypatch.setattr(VAE, "loss", loss_then_signal)
     with pytest.raises(Interrupted, match="SIGINT after step 11.*--resume"):
@@ -87,9 +87,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     calls = {"n": 0}
     original = VAE.loss
 
-    def loss_goes_nan(self, x):
+    def loss_goes_nan(self, x, y=None):
         calls["n"] += 1
-        out = original(self, x)
+        out = original(self, x, y)
         return out * float("nan") if calls["n"] == 12 else out
 
     monkeypatch.setattr(VAE, "loss", loss_goes_nan)

@@ -16,9 +16,23 @@ from genzoo.errors import ConfigError
 
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-           gt: float | None = None, lt: float | None = None, choices: tuple | None = None) -> Any:
-    """A dataclass field with the metadata the CLI and the validator read."""
-    return field(default=default, metadata=dict(help=help, min=min, max=max, gt=gt, lt=lt, choices=choices))
+           gt: float | None = None, lt: float | None = None, choices: tuple | None = None,
+           check: Any = None) -> Any:
+    """A dataclass field with the metadata the CLI and the validator read.
+
+    ``check(value)`` may return a phrase saying what is wrong ("must be ..."), or None when the value is fine.
+    """
+    return field(default=default, metadata=dict(help=help, min=min, max=max, gt=gt, lt=lt, choices=choices,
+                                                 check=check))
+
+
+def parse_bool(text: str) -> bool:
+    """argparse type for boolean options: true/false, yes/no, on/off, 1/0."""
+    value = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if text.lower() not in value:
+        import argparse
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value[text.lower()]
 
 
 @dataclass
@@ -80,6 +94,8 @@ def validate(cfg: Any, prefix: str = "--") -> Any:
             raise ConfigError(f"{name} must be greater than {m['gt']}; got {value}.")
         if m.get("lt") is not None and value >= m["lt"]:
             raise ConfigError(f"{name} must be less than {m['lt']}; got {value}.")
+        if m.get("check") is not None and (problem := m["check"](value)):
+            raise ConfigError(f"{name} {problem}; got {value!r}.")
     return cfg
 
 
@@ -112,8 +128,10 @@ def add_dataclass_arguments(parser, cls: type, prefix: str = "", defaults: Any |
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = getattr(defaults, f.name) if defaults is not None else f.default
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=kind, default=None,
-                            metavar=f.name.upper(), choices=f.metadata.get("choices"), help=help_text)
+        parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=parse_bool if kind is bool else kind,
+                            default=None,
+                            metavar="BOOL" if kind is bool else None if f.metadata.get("choices") else f.name.upper(),
+                            choices=f.metadata.get("choices"), help=help_text)
 
 
 def given_flags(cls: type, args: Any, prefix: str = "") -> dict[str, Any]:

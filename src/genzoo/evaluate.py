@@ -45,12 +45,14 @@ def eval_tensor(model: GenerativeModel, data: ImageDataset, split: str, n: int =
 
 
 @torch.no_grad()
-def validation_metrics(model: GenerativeModel, x: torch.Tensor, device: torch.device, batch_size: int = 500) -> dict:
-    """Mean of the model's cheap per-example metrics over x (seeded, so epochs compare like with like)."""
+def validation_metrics(model: GenerativeModel, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                       batch_size: int = 500) -> dict:
+    """Mean of the model's cheap per-example metrics over x, labels y (seeded, so epochs compare like with like)."""
     totals: dict[str, float] = {}
     with isolated_rng(EVAL_SEED, device):
         for start in range(0, len(x), batch_size):
-            for k, v in model.validation_metrics(x[start:start + batch_size].to(device)).items():
+            for k, v in model.validation_metrics(x[start:start + batch_size].to(device),
+                                                  y[start:start + batch_size].to(device)).items():
                 assert v.shape == (min(batch_size, len(x) - start),), f"{k} must be per example"
                 totals[k] = totals.get(k, 0.0) + v.double().sum().item()
     return {k: v / len(x) for k, v in totals.items()}

@@ -77,3 +77,30 @@ def lerp(z1: torch.Tensor, z2: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Linear interpolation: z1, z2: [N x D]; t: [T]; returns [N x T x D]."""
     t = t[None, :, None]
     return (1.0 - t) * z1[:, None, :] + t * z2[:, None, :]
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
+                                        bins: int = 256) -> torch.Tensor:
+    """log P(x) of 8-bit data rescaled to [-1, 1] under a Gaussian discretised into ``bins`` bins, elementwise.
+
+    The L_0 decoder of Ho et al. (2020, eq. 13): the mass of N(mean, exp(log_scale)^2) over the bin
+    [x - 1/(bins-1), x + 1/(bins-1)], with the outermost bins extended to -inf and +inf so the masses sum to 1.
+    """
+    half_bin = 1.0 / (bins - 1)
+    inv_scale = torch.exp(-log_scale)
+    upper = (x - mean + half_bin) * inv_scale
+    lower = (x - mean - half_bin) * inv_scale
+    log_cdf_upper = torch.special.log_ndtr(upper)  # log P(X <= upper): used for the lowest bin
+    log_sf_lower = torch.special.log_ndtr(-lower)  # log P(X >= lower): used for the highest bin
+    # log(Phi(upper) - Phi(lower)) without cancellation: the difference of two tails on the far side
+    mid = torch.where(lower > 0,
+                      log_sf_lower + torch.log1p(-torch.exp((torch.special.log_ndtr(-upper) - log_sf_lower).clamp(max=0))),
+                      log_cdf_upper + torch.log1p(-torch.exp((torch.special.log_ndtr(lower) - log_cdf_upper).clamp(max=0))))
+    mid = mid.clamp(min=-1e4)  # an empty bin is very unlikely, not impossible
+    edge = 1.0 - half_bin
+    return torch.where(x < -edge, log_cdf_upper, torch.where(x > edge, log_sf_lower, mid))
+
+
+def score_from_noise(eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """The score of q(x_t | x_0) = N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I): -eps / sqrt(1 - alpha_bar) (14.16)."""
+    return -eps / torch.sqrt(1.0 - alpha_bar_t)

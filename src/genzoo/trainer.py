@@ -93,6 +93,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._val_x = eval_tensor(model, data, "val")
         self._train_images = data.train.images.to(self.device)
+        self._train_labels = data.train.labels.to(self.device)
 
     @property
     def eval_model(self) -> GenerativeModel:
@@ -201,7 +202,7 @@ class Trainer:
             for idx in batch_indices(n, t.batch_size, t.seed, s.epoch, start_batch=s.batch):
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(s.step, t.epochs * steps_per_epoch, t.lr, t.lr_schedule, t.warmup_steps)
-                loss = self._step(self._train_images[idx])
+                loss = self._step(self._train_images[idx], self._train_labels[idx])
                 s.batch += 1
                 s.step += 1
                 s.epoch_loss_sum += loss * t.batch_size
@@ -235,9 +236,9 @@ class Trainer:
             self.log(self._describe(row))
         return True
 
-    def _step(self, images: torch.Tensor) -> float:
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         x = self.view.train_batch(images, self.data_gen)
-        losses = self.model.loss(x)
+        losses = self.model.loss(x, labels)
         assert losses.shape == (x.shape[0],), f"loss must be per example, got shape {tuple(losses.shape)}"
         loss = losses.mean()
         value = loss.item()
@@ -266,7 +267,7 @@ class Trainer:
     def _epoch_row(self, partial: bool) -> dict:
         s = self.state
         self.eval_model.eval()
-        val = validation_metrics(self.eval_model, self._val_x, self.device)
+        val = validation_metrics(self.eval_model, self._val_x, self.data.val.labels, self.device)
         row = {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.epoch_loss_sum / max(s.epoch_examples, 1),
                **{f"val_{k}": v for k, v in val.items()},
                "images_per_s": s.epoch_examples / max(s.epoch_seconds, 1e-9), "epoch_seconds": s.epoch_seconds}

@@ -2,10 +2,12 @@
 
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
+from genzoo.models.ddpm import DDPM, DDPMConfig
 from genzoo.models.vae import VAE, VAEConfig
 
 FAMILIES: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
+    "ddpm": DDPM,
 }
 
 
@@ -15,4 +17,4 @@ def get_family(name: str) -> type[GenerativeModel]:
     return FAMILIES[name]
 
 
-__all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig"]
+__all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig", "DDPM", "DDPMConfig"]

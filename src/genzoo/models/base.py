@@ -44,6 +44,8 @@ class GenerativeModel(nn.Module):
     view: ClassVar[str]  # the data view it trains and is scored on (genzoo.data.views)
     Config: ClassVar[type]  # its model-config dataclass
     train_defaults: ClassVar[dict] = {}  # TrainConfig values this family trains best with (CLI defaults)
+    eval_defaults: ClassVar[dict] = {}  # EvalConfig values for `genzoo eval` (e.g. fewer examples when costly)
+    final_eval_defaults: ClassVar[dict] = {}  # EvalConfig values for the evaluation that ends `genzoo train`
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -51,17 +53,20 @@ class GenerativeModel(nn.Module):
         self.image_shape = tuple(image_shape)
 
     # --- every family -----------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Training objective per example, [N x C x H x W] -> [N], to be minimised."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Training objective per example, [N x C x H x W] -> [N], to be minimised.
+
+        ``y`` [N] holds the class labels; only class-conditional families use them.
+        """
         raise NotImplementedError
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples [n x C x H x W] with values in [0, 1] (for pictures)."""
         raise NotImplementedError
 
-    def validation_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Cheap per-example metrics for the per-epoch validation line, each [N]."""
-        return {"loss": self.loss(x)}
+        return {"loss": self.loss(x, y)}
 
     def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The family's pictures for the run folder: name -> grid [rows x cols x C x H x W] in [0, 1]."""
