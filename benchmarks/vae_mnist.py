@@ -6,6 +6,7 @@ benchmarks/results/vae_mnist[-TAG].json. Every step is resumable: run the same c
 interruption and it continues the training, and reuses finished evaluations.
 
     python benchmarks/vae_mnist.py                                   # the chapter's MLP configuration
+    python benchmarks/vae_mnist.py --hidden 1024 --tag wide          # wider layers, same 10 epochs
     python benchmarks/vae_mnist.py --arch conv --epochs 50 --tag conv  # the stretch configuration
 """
 
@@ -52,6 +53,7 @@ def peak_memory_mb() -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="mlp", choices=("mlp", "conv"))
+    p.add_argument("--hidden", type=int, default=512, help="width of the MLP's hidden layers")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
@@ -65,7 +67,7 @@ def main() -> int:
     result_path = HERE / "results" / f"{name}.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
     cfg = runs.RunConfig(
-        family="vae", model=VAEConfig(latent_dim=32, arch=args.arch),
+        family="vae", model=VAEConfig(latent_dim=32, arch=args.arch, hidden=args.hidden),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                           seed=0),
         eval=EvalConfig(iwae_k=1, n=0),  # the figures below are computed separately, with several k

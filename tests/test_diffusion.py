@@ -240,8 +240,9 @@ def test_bound_lies_above_the_true_nll_on_a_toy_dataset():
 
 
 def test_unet_shapes_and_conditioning():
-    for shape, mult in (((1, 28, 28), (1, 2, 2)), ((1, 28, 28), (1, 2, 2, 2)), ((3, 32, 32), (1, 2, 2, 2))):
-        net = UNet(in_channels=shape[0], channels=8, channel_mult=mult, num_classes=10)
+    for shape, mult, rc in (((1, 28, 28), (1, 2, 2), True), ((1, 28, 28), (1, 2, 2, 2), False),
+                            ((3, 32, 32), (1, 2, 2, 2), True), ((1, 28, 28), (1, 2, 4), False)):
+        net = UNet(in_channels=shape[0], channels=8, channel_mult=mult, num_classes=10, resample_conv=rc)
         with torch.no_grad():
             for p in net.parameters():  # undo the zero init so the output depends on its inputs
                 p.add_(0.05 * torch.randn_like(p))
@@ -277,3 +278,8 @@ def test_ddpm_family_end_to_end_pieces():
     unconditional = DDPM(DDPMConfig(timesteps=10, channels=8), (1, 28, 28))
     with pytest.raises(ConfigError, match="not trained with --class-cond"):
         unconditional.sample(1, steps=2, y=torch.tensor([1]))
+
+
+def test_default_unet_is_the_cpu_lean_one():
+    net = DDPM(DDPMConfig(), (1, 28, 28)).net
+    assert sum(p.numel() for p in net.parameters()) == 1_071_181  # matched (within 5 %) to the diffusers baseline

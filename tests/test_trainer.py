@@ -83,6 +83,12 @@ def test_sigint_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatc
     assert_same_state(tmp_path / "full", tmp_path / "part")
 
 
+def test_a_time_limit_stops_with_a_complete_run_folder(tmp_path):
+    summary = train_run(tiny_vae_config(epochs=50, time_limit=1e-9), tmp_path / "run", **QUIET)
+    assert summary["steps"] == 1 and not summary["finished"]  # the first step already uses the budget
+    assert (tmp_path / "run" / "samples.png").is_file() and (tmp_path / "run" / "summary.json").is_file()
+
+
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = VAE.loss

@@ -21,7 +21,7 @@ from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
 
 # Settings a resumed run may change; everything else is fixed by the run's config.json.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "device"}
+RESUMABLE_CHANGES = {"epochs", "max_steps", "time_limit", "device"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,7 +102,7 @@ def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
             old = getattr(getattr(saved, section), key)
             if value != old and key not in RESUMABLE_CHANGES:
                 raise ConfigError(f"--{key.replace('_', '-')} {value} differs from the run's saved value {old}; a "
-                                  f"resumed run keeps its settings (only --epochs, --max-steps and --device may change).")
+                                  f"resumed run keeps its settings (only --epochs, --max-steps, --time-limit and --device may change).")
         cfg = runs.RunConfig(
             family=saved.family, model=saved.model,
             train=from_args(TrainConfig, args, base=saved.train),

@@ -52,6 +52,8 @@ class TrainConfig:
     device: str = option("auto", "device to train on (auto picks cuda, then mps, then cpu)",
                          choices=("auto", "cpu", "cuda", "mps"))
     max_steps: int = option(0, "stop after this many optimizer steps in all (0 = no limit)", min=0)
+    time_limit: float = option(0.0, "stop after this many minutes of training in all, resumes included (0 = no limit)",
+                               min=0.0)
     subset: int = option(0, "use only the first N examples of each split (0 = all; for smoke runs)", min=0)
 
 

@@ -184,7 +184,9 @@ class Trainer:
         return self.finish(finished)
 
     def _reached_max_steps(self) -> bool:
-        return bool(self.tcfg.max_steps) and self.state.step >= self.tcfg.max_steps
+        """--max-steps or --time-limit reached: stop, with a complete run folder."""
+        t, s = self.tcfg, self.state
+        return (bool(t.max_steps) and s.step >= t.max_steps) or (t.time_limit > 0 and s.train_seconds >= 60 * t.time_limit)
 
     def _loop(self) -> bool:
         t, s = self.tcfg, self.state
@@ -221,7 +223,7 @@ class Trainer:
                 name = signal.Signals(self._stop_signal).name
                 raise Interrupted(f"stopped by {name} after step {s.step} (epoch {s.epoch + 1}); the checkpoint in "
                                   f"{self.run_dir} is complete: continue with --resume.")
-            if s.batch < steps_per_epoch:  # stopped by --max-steps within the epoch
+            if s.batch < steps_per_epoch:  # stopped by --max-steps or --time-limit within the epoch
                 self.metrics.append(self._epoch_row(partial=True))
                 runs.write_metrics(self.run_dir, self.metrics)
                 self.save_checkpoint()

@@ -295,10 +295,13 @@ class DDPMConfig:
     timesteps: int = option(1000, "diffusion steps T", min=2, max=10000)
     pred: str = option("eps", "what the network predicts", choices=PREDICTIONS)
     variance: str = option("beta_tilde", "reverse-process variance sigma_t^2", choices=("beta", "beta_tilde"))
-    channels: int = option(32, "U-Net base width", min=4)
-    channel_mult: str = option("1,2,2", "U-Net width multiplier per resolution level", check=_check_channel_mult)
+    # The default U-Net is narrow at full resolution and wide at 7x7, where compute is cheap: 1.07M parameters for
+    # 113M multiply-adds per 28x28 image, against 189M for the usual 32/(1,2,2) layout of the same size.
+    channels: int = option(20, "U-Net base width", min=4)
+    channel_mult: str = option("1,2,4", "U-Net width multiplier per resolution level", check=_check_channel_mult)
     res_blocks: int = option(1, "residual blocks per U-Net level", min=1)
     attention: bool = option(True, "self-attention at the lowest resolution")
+    resample_conv: bool = option(True, "a 3x3 convolution in each down- and upsampling step")
     dropout: float = option(0.0, "dropout in the residual blocks", min=0.0, lt=1.0)
     class_cond: bool = option(False, "condition on the class label (classifier-free guidance)")
     p_uncond: float = option(0.1, "probability of dropping the label in training (with --class-cond)", min=0.0, max=1.0)
@@ -323,7 +326,7 @@ class DDPM(GenerativeModel):
         self.net = UNet(in_channels=image_shape[0], channels=cfg.channels,
                         channel_mult=tuple(int(v) for v in cfg.channel_mult.split(",")),
                         num_res_blocks=cfg.res_blocks, attention=cfg.attention, dropout=cfg.dropout,
-                        num_classes=self.num_classes if cfg.class_cond else 0)
+                        num_classes=self.num_classes if cfg.class_cond else 0, resample_conv=cfg.resample_conv)
         self.diffusion = GaussianDiffusion(beta_schedule(cfg.schedule, cfg.timesteps), cfg.pred, cfg.variance)
 
     @staticmethod

@@ -69,11 +69,13 @@ class SelfAttention(nn.Module):
 
 class UNet(nn.Module):
     """channel_mult gives the width of each resolution level (the first is full resolution); attention, when
-    on, runs at the lowest resolution and in the middle block."""
+    on, runs at the lowest resolution and in the middle block. ``resample_conv`` puts a 3x3 convolution in each
+    down- and upsampling step (Ho et al.'s ``resample_with_conv``); without it the resolution changes by
+    average pooling and nearest-neighbour upsampling, which saves most of the compute spent at full resolution."""
 
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, channels: int = 32,
                  channel_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1, attention: bool = True,
-                 dropout: float = 0.0, num_classes: int = 0):
+                 dropout: float = 0.0, num_classes: int = 0, resample_conv: bool = True):
         super().__init__()
         out_channels = out_channels or in_channels
         self.channels, self.num_classes = channels, num_classes
@@ -97,7 +99,8 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList(blocks))
                 widths.append(ch)
             if not lowest:
-                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1) if resample_conv
+                                                else nn.AvgPool2d(2)]))
                 widths.append(ch)
         self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout)]
                                  + ([SelfAttention(ch)] if attention else []) + [ResBlock(ch, ch, emb_dim, dropout)])
@@ -109,7 +112,7 @@ class UNet(nn.Module):
                 if attention and level == self.levels - 1:
                     blocks.append(SelfAttention(ch))
                 if level > 0 and i == num_res_blocks:
-                    blocks.append(Upsample(ch))
+                    blocks.append(Upsample(ch, resample_conv))
                 self.up.append(nn.ModuleList(blocks))
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
@@ -144,9 +147,9 @@ class UNet(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, with_conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
