@@ -75,7 +75,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, channels: int = 32,
                  channel_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1, attention: bool = True,
-                 dropout: float = 0.0, num_classes: int = 0, resample_conv: bool = True):
+                 dropout: float = 0.0, num_classes: int = 0, resample_conv: bool = True, channels_last: bool = True):
         super().__init__()
         out_channels = out_channels or in_channels
         self.channels, self.num_classes = channels, num_classes
@@ -117,6 +117,10 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        # NHWC lets oneDNN (CPU) and cuDNN pick their faster convolution kernels; it changes no value
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x: [N x C x H x W], t: [N] timesteps, y: [N] labels in 0..num_classes (num_classes = no label)."""
@@ -126,6 +130,8 @@ class UNet(nn.Module):
         pad_h, pad_w = (-height) % multiple, (-width) % multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         emb = self.time_mlp(timestep_embedding(t, self.channels))
         if self.class_emb is not None:
             if y is None:
