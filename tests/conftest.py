@@ -1,6 +1,5 @@
 import contextlib
 import io
-import sys
 
 import pytest
 import torch

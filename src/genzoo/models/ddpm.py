@@ -254,7 +254,6 @@ class GaussianDiffusion(torch.nn.Module):
         l0     -log p(x_0 | x_1) under the discretised Gaussian decoder (eq. 13)
         """
         n = x0.shape[0]
-        dims = x0[0].numel()
         kl_sum = torch.zeros(n, dtype=torch.float64, device=x0.device)
         l0 = torch.zeros(n, dtype=torch.float64, device=x0.device)
         for i in tqdm(range(self.timesteps), desc="bound", disable=not progress or None, leave=False):
@@ -274,7 +273,7 @@ class GaussianDiffusion(torch.nn.Module):
         prior = theory.sum_except_batch(theory.gaussian_kl(mean_T, torch.log(1 - a_T).expand_as(mean_T),
                                                            torch.zeros_like(mean_T), torch.zeros_like(mean_T)))
         total = prior + kl_sum + l0
-        assert total.shape == (n,) and dims > 0
+        assert total.shape == (n,)
         return {"prior": prior, "kl": kl_sum, "l0": l0, "neg_elbo": total}
 
 

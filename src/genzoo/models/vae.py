@@ -12,7 +12,6 @@ Burda et al. (2016), log (1/k) sum_i p(x, z_i) / q(z_i|x), which tightens toward
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 
 import torch
