@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from genzoo import __version__, runs
-from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags
+from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.datasets import DATASETS, load_dataset, locate, search_dirs
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
@@ -63,6 +63,7 @@ def build_parser() -> Parser:
     opts.add_argument("--spacing", choices=("uniform", "quadratic"), help="diffusion: DDIM timestep spacing")
     opts.add_argument("--class", dest="label", type=int, help="class-conditional runs: the class to draw")
     opts.add_argument("--guidance", type=float, help="class-conditional runs: classifier-free guidance scale")
+    opts.add_argument("--clip", type=parse_bool, metavar="BOOL", help="diffusion: clip x0_hat to the data range (default true)")
 
     ev = sub.add_parser("eval", help="score a trained run by what its density kind offers")
     ev.add_argument("run", type=Path, help="run folder")
@@ -161,7 +162,7 @@ def sampler_options(args, model, device) -> dict:
     """The sampler flags that were given, checked against what this family's sampler accepts."""
     import inspect
 
-    given = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "spacing", "label", "guidance")
+    given = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip")
              if getattr(args, k) is not None}
     accepted = inspect.signature(model.sample).parameters
     options = {}
@@ -177,6 +178,8 @@ def sampler_options(args, model, device) -> dict:
         raise ConfigError("--steps applies to --sampler ddim; ancestral sampling always takes all T steps.")
     if "steps" in options and options["steps"] < 1:
         raise ConfigError(f"--steps must be a positive integer; got {options['steps']}.")
+    if "progress" in accepted:
+        options["progress"] = sys.stderr.isatty()
     return options
 
 

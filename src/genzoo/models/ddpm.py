@@ -371,9 +371,11 @@ class DDPM(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str = "ddim", steps: int | None = None,
                eta: float = 0.0, spacing: str = "uniform", y: torch.Tensor | None = None, guidance: float = 1.0,
-               clip: bool = True, progress: bool = False, trajectory: list | None = None) -> torch.Tensor:
+               clip: bool = True, progress: bool = False, trajectory: list | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
         """n images [n x C x H x W] in [0, 1], by ancestral DDPM sampling (all T steps) or DDIM on ``steps``
-        timesteps (default: 100, or T if smaller)."""
+        timesteps (default: 100, or T if smaller). ``noise`` [n x C x H x W] replaces the drawn x_T, e.g. the
+        output of ``invert``."""
         if sampler not in ("ddpm", "ddim"):
             raise ConfigError(f"unknown sampler '{sampler}'; choose ddpm or ddim.")
         if eta < 0:
@@ -386,14 +388,24 @@ class DDPM(GenerativeModel):
             raise ConfigError(f"--class must be between 0 and {self.num_classes - 1}.")
         if guidance < 0:
             raise ConfigError(f"--guidance must be non-negative; got {guidance}.")
-        device = next(self.parameters()).device
-        noise = torch.randn((n, *self.image_shape), generator=generator, device=device)
+        device = self.diffusion.betas.device  # the tables move with the model
+        if noise is None:
+            noise = torch.randn((n, *self.image_shape), generator=generator, device=device)
         fn = self.model_fn(y, guidance)
         if sampler == "ddpm":
             x = self.diffusion.ddpm_sample(fn, noise, generator, clip, progress, trajectory)
         else:
             x = self.diffusion.ddim_sample(fn, noise, tau, eta, generator, clip, progress, trajectory)
         return self.to_image(x)
+
+    @torch.no_grad()
+    def invert(self, x: torch.Tensor, steps: int | None = None, spacing: str = "uniform",
+               progress: bool = False) -> torch.Tensor:
+        """DDIM inversion of uint8-view images [N x C x H x W] (values 0..255) to their x_T: the deterministic
+        encoder that ``sample(..., noise=latent, sampler="ddim", eta=0)`` with the same steps decodes."""
+        steps = min(100, self.diffusion.timesteps) if steps is None else steps
+        tau = timestep_subsequence(self.diffusion.timesteps, steps, spacing)
+        return self.diffusion.ddim_invert(self.model_fn(), self.to_model_space(x), tau, progress)
 
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
