@@ -191,7 +191,8 @@ def test_ddpm_sampling_options(trained_ddpm, tmp_path, run_cli):
                           (["--eta", -1], "--eta must be non-negative"),
                           (["--class", 12], "--class must be between 0 and 9"),
                           (["--sampler", "ddpm", "--steps", 5], "--steps applies to --sampler ddim"),
-                          (["--guidance", -1], "--guidance must be non-negative")):
+                          (["--guidance", -1], "--guidance must be non-negative"),
+                          (["--eta", "nan"], "--eta must be a finite number")):
         code, _, err = run_cli("sample", run, "--n", 2, *bad, "--out", tmp_path / "d.png")
         assert_one_clear_error(code, err, fragment)
 

@@ -167,6 +167,8 @@ def sampler_options(args, model, device) -> dict:
     accepted = inspect.signature(model.sample).parameters
     options = {}
     for key, value in given.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{key} must be a finite number; got {value}.")
         name = {"label": "y"}.get(key, key)
         if name not in accepted:
             flag = "--class" if key == "label" else f"--{key}"
