@@ -104,3 +104,33 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
 def score_from_noise(eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
     """The score of q(x_t | x_0) = N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I): -eps / sqrt(1 - alpha_bar) (14.16)."""
     return -eps / torch.sqrt(1.0 - alpha_bar_t)
+
+
+# --- GANs (Goodfellow et al. 2014; chapter exercises 14.4, 14.13) ------------------------------------------
+def optimal_discriminator(p_data: torch.Tensor, p_g: torch.Tensor) -> torch.Tensor:
+    """D*(x) = p_data(x) / (p_data(x) + p_g(x)), pointwise; 1/2 where both densities vanish."""
+    total = p_data + p_g
+    return torch.where(total > 0, p_data / torch.where(total > 0, total, 1.0), torch.full_like(total, 0.5))
+
+
+def gan_value(d: torch.Tensor, p_data: torch.Tensor, p_g: torch.Tensor, dx: float) -> torch.Tensor:
+    """V(D, G) = E_data[log D] + E_g[log(1 - D)] by quadrature on a grid of spacing dx (densities on the grid).
+
+    Terms where a density is zero contribute nothing, whatever D is there (0 * log 0 = 0).
+    """
+    term_data = torch.where(p_data > 0, p_data * torch.log(d), torch.zeros_like(d))
+    term_g = torch.where(p_g > 0, p_g * torch.log1p(-d), torch.zeros_like(d))
+    return (term_data + term_g).sum() * dx
+
+
+def jensen_shannon(p: torch.Tensor, q: torch.Tensor, dx: float) -> torch.Tensor:
+    """JSD(p || q) = KL(p || m)/2 + KL(q || m)/2 with m = (p + q)/2, in nats, by quadrature."""
+    m = 0.5 * (p + q)
+    kl_pm = torch.where(p > 0, p * (torch.log(p) - torch.log(m)), torch.zeros_like(p)).sum() * dx
+    kl_qm = torch.where(q > 0, q * (torch.log(q) - torch.log(m)), torch.zeros_like(q)).sum() * dx
+    return 0.5 * (kl_pm + kl_qm)
+
+
+def optimal_gan_value(p_data: torch.Tensor, p_g: torch.Tensor, dx: float) -> torch.Tensor:
+    """The closed form V(D*, G) = -2 log 2 + 2 JSD(p_data || p_g) (14.13)."""
+    return -2.0 * math.log(2.0) + 2.0 * jensen_shannon(p_data, p_g, dx)
