@@ -71,6 +71,7 @@ def build_parser() -> Parser:
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 
     sub.add_parser("list", help="the model families and data sets")
+    sub.add_parser("theory", help="run every identity of the chapter as a numeric check")
     return p
 
 
@@ -229,7 +230,20 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list}
+def cmd_theory(args) -> int:
+    from genzoo.checks import run_all
+
+    results = run_all()
+    print(f"{'exercise':<11} {'closed form':>14} {'numeric':>14} {'error':>10}  ok    statement")
+    for c in results:
+        print(f"{c.exercise:<11} {c.closed_form:>14.8g} {c.estimate:>14.8g} {c.error:>10.2g}  "
+              f"{'pass' if c.passed else 'FAIL'}  {c.statement}")
+    failed = sum(not c.passed for c in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list, "theory": cmd_theory}
 
 
 def main(argv: list[str] | None = None) -> int:
