@@ -22,12 +22,16 @@ def genzoo(*args, cwd=None):
                           cwd=cwd, env=env, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("cli") / "run"
-    p = genzoo("train", "vae", *SMALL, "--out", run)
+def train_once(tmp_path_factory, family, args):
+    run = tmp_path_factory.mktemp("cli") / family
+    p = genzoo("train", family, *args, "--out", run)
     assert p.returncode == 0, p.stderr
     return run, p
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_once(tmp_path_factory, "vae", SMALL)
 
 
 def digest(folder: Path) -> dict:
@@ -160,10 +164,7 @@ DDPM_SMALL = ["--subset", "256", "--epochs", "1", "--batch-size", "32", "--times
 
 @pytest.fixture(scope="module")
 def trained_ddpm(tmp_path_factory):
-    run = tmp_path_factory.mktemp("cli") / "ddpm"
-    p = genzoo("train", "ddpm", *DDPM_SMALL, "--out", run)
-    assert p.returncode == 0, p.stderr
-    return run, p
+    return train_once(tmp_path_factory, "ddpm", DDPM_SMALL)
 
 
 def test_ddpm_trains_and_writes_its_pictures(trained_ddpm):

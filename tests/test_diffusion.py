@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from genzoo import theory
+from genzoo.checks import gaussian_data_denoiser
 from genzoo.errors import ConfigError
 from genzoo.models.ddpm import DDPM, DDPMConfig, GaussianDiffusion, beta_schedule, timestep_subsequence
 from genzoo.nets.unet import UNet
@@ -145,19 +146,11 @@ def test_timestep_subsequences():
             timestep_subsequence(1000, bad)
 
 
-def gaussian_denoiser(d: GaussianDiffusion, m: float, s: float):
-    """The exact eps-prediction E[eps | x_t] when the data are N(m, s^2 I): an analytic dummy denoiser."""
-    def fn(xt, t):
-        ab = d.alpha_bar64[t].reshape(-1, *([1] * (xt.dim() - 1))).to(xt.dtype)
-        return (1 - ab).sqrt() * (xt - ab.sqrt() * m) / (ab * s ** 2 + 1 - ab)
-    return fn
-
-
 def test_ddim_on_all_steps_with_eta_one_is_ancestral_sampling():
     """14.26: DDIM over tau = 0..T-1 with eta = 1 has DDPM's variance beta_tilde, so with the same noise it
     takes the very same path."""
     d = GaussianDiffusion(beta_schedule("linear", 200)).double()
-    fn = gaussian_denoiser(d, 0.3, 0.5)
+    fn = gaussian_data_denoiser(d, 0.3, 0.5)
     noise = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ddpm = d.ddpm_sample(fn, noise, torch.Generator().manual_seed(1), clip=False)
     ddim = d.ddim_sample(fn, noise, list(range(200)), eta=1.0, generator=torch.Generator().manual_seed(1), clip=False)
@@ -167,7 +160,7 @@ def test_ddim_on_all_steps_with_eta_one_is_ancestral_sampling():
 
 
 def test_ddim_with_eta_zero_is_deterministic(linear):
-    fn = gaussian_denoiser(linear, 0.0, 0.5)
+    fn = gaussian_data_denoiser(linear, 0.0, 0.5)
     noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     tau = timestep_subsequence(1000, 20)
     a = linear.ddim_sample(fn, noise, tau, 0.0, torch.Generator().manual_seed(1))
@@ -185,7 +178,7 @@ def test_samplers_reproduce_gaussian_data():
     than the stochastic one (eta = 1): the DDIM paper's Table 1 in miniature."""
     m, s = 0.4, 0.3
     d = GaussianDiffusion(beta_schedule("cosine", 1000)).double()
-    fn = gaussian_denoiser(d, m, s)
+    fn = gaussian_data_denoiser(d, m, s)
     noise = torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def ddim(steps, eta):
@@ -202,7 +195,7 @@ def test_samplers_reproduce_gaussian_data():
 
 def test_ddim_inversion_round_trip():
     d = GaussianDiffusion(beta_schedule("linear", 1000)).double()
-    fn = gaussian_denoiser(d, 0.0, 0.5)
+    fn = gaussian_data_denoiser(d, 0.0, 0.5)
     x0 = 0.5 * torch.randn(8, 1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     errors = []
     for steps in (50, 200, 1000):
@@ -293,7 +286,7 @@ def test_ddpm_invert_then_sample_round_trip():
 
     class Analytic(torch.nn.Module):
         def forward(self, xt, t, y=None):
-            return gaussian_denoiser(model.diffusion, 0.0, 0.5)(xt, t)
+            return gaussian_data_denoiser(model.diffusion, 0.0, 0.5)(xt, t)
 
     model.net = Analytic()
     x = torch.randint(0, 256, (2, 1, 28, 28), generator=torch.Generator().manual_seed(0)).float()

@@ -6,20 +6,9 @@ import pytest
 import torch
 
 from genzoo import theory
+from genzoo.checks import grid_mixtures
 
-X = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
-DX = (X[1] - X[0]).item()
-
-
-def mixture(weights, means, stds):
-    """A Gaussian mixture's density on the grid."""
-    return sum(w * torch.exp(theory.gaussian_log_prob(X, torch.tensor(m, dtype=torch.float64),
-                                                      torch.tensor(2 * math.log(s), dtype=torch.float64)))
-               for w, m, s in zip(weights, means, stds))
-
-
-P_DATA = mixture([0.3, 0.7], [-2.0, 1.5], [0.6, 1.0])
-P_G = mixture([0.5, 0.5], [-1.0, 2.5], [1.2, 0.5])
+X, DX, P_DATA, P_G = grid_mixtures()  # p_data: 0.3 N(-2, 0.6^2) + 0.7 N(1.5, 1); p_g: 0.5 N(-1, 1.2^2) + 0.5 N(2.5, 0.5^2)
 
 
 def test_densities_are_normalised():

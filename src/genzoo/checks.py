@@ -32,7 +32,8 @@ class Check:
         return math.isfinite(self.estimate) and self.error <= self.tolerance
 
 
-def _grid_mixtures():
+def grid_mixtures():
+    """(x, dx, p_data, p_g): two Gaussian mixtures tabulated on a grid over [-12, 12], for quadrature."""
     x = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
     dx = (x[1] - x[0]).item()
 
@@ -43,7 +44,7 @@ def _grid_mixtures():
 
 
 def check_optimal_discriminator() -> Check:
-    x, dx, p_data, p_g = _grid_mixtures()
+    x, dx, p_data, p_g = grid_mixtures()
     d_star = theory.optimal_discriminator(p_data, p_g)
     v_star = theory.gan_value(d_star, p_data, p_g, dx).item()
     g = torch.Generator().manual_seed(0)
@@ -56,14 +57,14 @@ def check_optimal_discriminator() -> Check:
 
 
 def check_gan_value_jsd() -> Check:
-    _, dx, p_data, p_g = _grid_mixtures()
+    _, dx, p_data, p_g = grid_mixtures()
     v_star = theory.gan_value(theory.optimal_discriminator(p_data, p_g), p_data, p_g, dx).item()
     return Check("14.13", "V(D*, G) = -2 log 2 + 2 JSD(p_data || p_g)",
                  theory.optimal_gan_value(p_data, p_g, dx).item(), v_star, 1e-8)
 
 
 def check_gan_equilibrium() -> Check:
-    _, dx, p_data, _ = _grid_mixtures()
+    _, dx, p_data, _ = grid_mixtures()
     d_star = theory.optimal_discriminator(p_data, p_data)
     return Check("14.4/14.13", "p_g = p_data: D* = 1/2 everywhere and V = -2 log 2",
                  -2 * math.log(2), theory.gan_value(d_star, p_data, p_data, dx).item()
@@ -150,9 +151,10 @@ def check_score_noise() -> Check:
                  0.0, (theory.score_from_noise(eps, ab) - grad).abs().max().item(), 1e-10)
 
 
-def _gaussian_eps(d, m: float, s: float):
+def gaussian_data_denoiser(d, m: float, s: float):
+    """The exact eps-prediction E[eps | x_t] when the data are N(m, s^2 I): an analytic stand-in for a network."""
     def fn(xt, t):
-        ab = d.alpha_bar64[t].reshape(-1, *([1] * (xt.dim() - 1)))
+        ab = d.alpha_bar64[t].reshape(-1, *([1] * (xt.dim() - 1))).to(xt.dtype)
         return (1 - ab).sqrt() * (xt - ab.sqrt() * m) / (ab * s ** 2 + 1 - ab)
     return fn
 
@@ -160,7 +162,7 @@ def _gaussian_eps(d, m: float, s: float):
 def check_ddim_equals_ddpm() -> Check:
     from genzoo.models.ddpm import GaussianDiffusion, beta_schedule
     d = GaussianDiffusion(beta_schedule("linear", 200)).double()
-    fn = _gaussian_eps(d, 0.3, 0.5)
+    fn = gaussian_data_denoiser(d, 0.3, 0.5)
     noise = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ddpm = d.ddpm_sample(fn, noise, torch.Generator().manual_seed(1), clip=False)
     ddim = d.ddim_sample(fn, noise, list(range(200)), 1.0, torch.Generator().manual_seed(1), clip=False)
@@ -171,7 +173,7 @@ def check_ddim_equals_ddpm() -> Check:
 def check_ddim_deterministic() -> Check:
     from genzoo.models.ddpm import timestep_subsequence
     d = _linear_diffusion()
-    fn = _gaussian_eps(d, 0.0, 0.5)
+    fn = gaussian_data_denoiser(d, 0.0, 0.5)
     noise = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     tau = timestep_subsequence(1000, 20)
     a = d.ddim_sample(fn, noise, tau, 0.0, torch.Generator().manual_seed(1))

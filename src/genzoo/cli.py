@@ -177,10 +177,6 @@ def sampler_options(args, model, device) -> dict:
         options[name] = value
     if "y" in options:
         options["y"] = torch.full((args.n,), options["y"], dtype=torch.long, device=device)
-    if options.get("sampler") == "ddpm" and "steps" in options:
-        raise ConfigError("--steps applies to --sampler ddim; ancestral sampling always takes all T steps.")
-    if "steps" in options and options["steps"] < 1:
-        raise ConfigError(f"--steps must be a positive integer; got {options['steps']}.")
     if "progress" in accepted:
         options["progress"] = sys.stderr.isatty()
     return options

@@ -183,7 +183,7 @@ class Trainer:
                 signal.signal(sig, h)
         return self.finish(finished)
 
-    def _reached_max_steps(self) -> bool:
+    def _budget_spent(self) -> bool:
         """--max-steps or --time-limit reached: stop, with a complete run folder."""
         t, s = self.tcfg, self.state
         return (bool(t.max_steps) and s.step >= t.max_steps) or (t.time_limit > 0 and s.train_seconds >= 60 * t.time_limit)
@@ -195,7 +195,7 @@ class Trainer:
             raise ConfigError(f"--batch-size {t.batch_size} is larger than the training split ({n} examples).")
         steps_per_epoch = n // t.batch_size
         while s.epoch < t.epochs:
-            if self._reached_max_steps():
+            if self._budget_spent():
                 return False
             self.model.train()
             bar = tqdm(total=steps_per_epoch, initial=s.batch, desc=f"epoch {s.epoch + 1}/{t.epochs}", unit="step",
@@ -215,7 +215,7 @@ class Trainer:
                 tick = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{s.epoch_examples / max(s.epoch_seconds, 1e-9):.0f}")
-                if self._stop_signal is not None or self._reached_max_steps():
+                if self._stop_signal is not None or self._budget_spent():
                     break
             bar.close()
             if self._stop_signal is not None:

@@ -380,8 +380,12 @@ class DDPM(GenerativeModel):
             raise ConfigError(f"unknown sampler '{sampler}'; choose ddpm or ddim.")
         if eta < 0:
             raise ConfigError(f"--eta must be non-negative; got {eta}.")
-        steps = min(100, self.diffusion.timesteps) if steps is None else steps
-        tau = timestep_subsequence(self.diffusion.timesteps, steps, spacing)
+        if sampler == "ddpm":
+            if steps is not None:
+                raise ConfigError("--steps applies to --sampler ddim; ancestral sampling always takes all T steps.")
+        else:
+            steps = min(100, self.diffusion.timesteps) if steps is None else steps
+            tau = timestep_subsequence(self.diffusion.timesteps, steps, spacing)
         if y is not None and not self.cfg.class_cond:
             raise ConfigError("this run was not trained with --class-cond, so it cannot sample a chosen class.")
         if y is not None and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
