@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from genzoo import __version__
 from genzoo.data.datasets import get_spec
@@ -74,9 +74,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file; a damaged one is a RunError that names it."""
     from safetensors import safe_open
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
+        with safe_open(str(path), framework="pt") as f:  # one read gives both the header and the tensors
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except FileNotFoundError:
         raise RunError(f"{path}: no such file.") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
