@@ -51,6 +51,9 @@ class TrainConfig:
     seed: int = option(0, "random seed (weights, data order, noise)", min=0)
     device: str = option("auto", "device to train on (auto picks cuda, then mps, then cpu)",
                          choices=("auto", "cpu", "cuda", "mps"))
+    precision: str = option("fp32", "arithmetic of the training forward pass: fp32, or bf16 autocast (fast on CPUs "
+                                    "with AMX or AVX-512-BF16 and on recent GPUs; evaluation stays fp32)",
+                            choices=("fp32", "bf16"))
     max_steps: int = option(0, "stop after this many optimizer steps in all (0 = no limit)", min=0)
     time_limit: float = option(0.0, "stop after this many minutes of training in all, resumes included (0 = no limit)",
                                min=0.0)

@@ -240,7 +240,8 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         x = self.view.train_batch(images, self.data_gen)
-        losses = self.model.loss(x, labels)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.precision == "bf16"):
+            losses = self.model.loss(x, labels).float()
         assert losses.shape == (x.shape[0],), f"loss must be per example, got shape {tuple(losses.shape)}"
         loss = losses.mean()
         value = loss.item()

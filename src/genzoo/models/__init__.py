@@ -3,11 +3,13 @@
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.models.ddpm import DDPM, DDPMConfig
+from genzoo.models.pixelcnn import PixelCNN, PixelCNNConfig
 from genzoo.models.vae import VAE, VAEConfig
 
 FAMILIES: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
     "ddpm": DDPM,
+    "pixelcnn": PixelCNN,
 }
 
 
@@ -17,4 +19,5 @@ def get_family(name: str) -> type[GenerativeModel]:
     return FAMILIES[name]
 
 
-__all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig", "DDPM", "DDPMConfig"]
+__all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig", "DDPM", "DDPMConfig", "PixelCNN",
+           "PixelCNNConfig"]

@@ -1,0 +1,117 @@
+"""The gated PixelCNN network (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
+
+``GatedPixelCNN(x)`` maps an image [N x C x H x W] to per-pixel outputs [N x out_channels x H x W] such that
+the output at pixel (i, j) depends only on the input pixels before (i, j) in raster order: rows above, and the
+pixels to the left in row i. It knows nothing of the distribution its outputs parameterise.
+
+Two stacks remove the blind spot of the original masked-convolution PixelCNN:
+
+* the vertical stack sees every pixel in the rows above, through (k//2 + 1) x k convolutions padded so that
+  output row i sees input rows i - k//2 .. i; it is shifted down one row before feeding the horizontal stack,
+  so that stack only ever receives rows < i from it;
+* the horizontal stack sees row i, through 1 x (k//2 + 1) convolutions padded on the left: in the first
+  layer (mask type A) the result is shifted right one column so pixel j does not see itself; later layers
+  (type B) may see column j, which by then only carries information from pixels before it.
+
+Each layer is gated, tanh(a) * sigmoid(b), and the horizontal stack is residual after the first layer.
+The channel dimension is treated as one: with C > 1 all channels of a pixel are predicted together from the
+pixels before it (the grayscale datasets genzoo ships have C = 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _shift_down(x: torch.Tensor) -> torch.Tensor:
+    """Row i takes the values of row i - 1; row 0 becomes zero. [N x C x H x W] -> same."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1, :]
+
+
+def _shift_right(x: torch.Tensor) -> torch.Tensor:
+    """Column j takes the values of column j - 1; column 0 becomes zero."""
+    return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
+
+
+class GatedLayer(nn.Module):
+    def __init__(self, cin: int, channels: int, kernel: int, first: bool):
+        super().__init__()
+        if kernel % 2 == 0 or kernel < 3:
+            raise ValueError(f"the PixelCNN kernel size must be odd and at least 3; got {kernel}")
+        self.first, self.k = first, kernel // 2
+        self.v_conv = nn.Conv2d(cin, 2 * channels, (self.k + 1, kernel))  # rows i-k..i, columns j-k..j+k
+        self.h_conv = nn.Conv2d(cin, 2 * channels, (1, self.k + 1))  # columns j-k..j of row i
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+
+    @staticmethod
+    def gate(x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def vertical(self, v: torch.Tensor) -> torch.Tensor:
+        """Pre-activation of the vertical stack, [N x 2c x H x W]: output row i sees input rows i-k..i."""
+        return self.v_conv(F.pad(v, (self.k, self.k, self.k, 0)))
+
+    def horizontal(self, h: torch.Tensor, v_above: torch.Tensor) -> torch.Tensor:
+        """The next horizontal stack from this one and the vertical pre-activation of the row above each row."""
+        h_pre = self.h_conv(F.pad(h, (self.k, 0, 0, 0)))  # columns <= j
+        if self.first:
+            h_pre = _shift_right(h_pre)  # mask A: columns < j
+        h_new = self.h_out(self.gate(h_pre + self.v_to_h(v_above)))
+        return h_new if self.first else h + h_new
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v_pre = self.vertical(v)  # rows <= i
+        return self.gate(v_pre), self.horizontal(h, _shift_down(v_pre))  # the horizontal stack gets rows < i only
+
+
+class GatedPixelCNN(nn.Module):
+    """[N x in_channels x H x W] -> [N x out_channels x H x W], autoregressive in raster order."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int = 64, layers: int = 8, kernel: int = 5,
+                 head_channels: int = 256, channels_last: bool = True):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [GatedLayer(in_channels, channels, max(7, kernel), first=True)]  # 7x7 first layer, as in the paper
+            + [GatedLayer(channels, channels, kernel, first=False) for _ in range(layers - 1)])
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(),
+                                  nn.Conv2d(head_channels, out_channels, 1))
+        self.channels_last = channels_last  # the faster memory layout for convolutions on CPUs
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._layout(x)
+        v, h = x, x
+        for layer in self.layers:
+            v, h = layer(v, h)
+        return self.head(h)
+
+    # --- row by row, for sampling: the vertical stack once per row, the horizontal stack once per pixel --------
+    def context(self, above: torch.Tensor, width: int) -> list[torch.Tensor]:
+        """What row i receives from the rows above it, above = x[:, :, :i]: per layer, the vertical
+        pre-activation of row i - 1 ([N x 2c x 1 x W]; zeros for the first row)."""
+        layer0 = self.layers[0]
+        if above.shape[2] == 0:
+            zeros = above.new_zeros((above.shape[0], layer0.v_conv.out_channels, 1, width))
+            return [zeros] * len(self.layers)
+        ctx, v = [], self._layout(above)
+        for layer in self.layers:
+            v_pre = layer.vertical(v)
+            ctx.append(v_pre[:, :, -1:])
+            v = layer.gate(v_pre)
+        return ctx
+
+    def row(self, x_row: torch.Tensor, context: list[torch.Tensor]) -> torch.Tensor:
+        """Outputs of row i [N x out x 1 x W] from that row x[:, :, i:i+1] and ``context(x[:, :, :i])``;
+        equal to forward(x)[:, :, i:i+1]."""
+        h = self._layout(x_row)
+        for layer, v_above in zip(self.layers, context):
+            h = layer.horizontal(h, v_above)
+        return self.head(h)

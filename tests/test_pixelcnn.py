@@ -1,0 +1,102 @@
+"""PixelCNN: the autoregressive property by gradients, normalisation by enumeration, sampler against density."""
+
+import itertools
+
+import pytest
+import torch
+
+from genzoo.errors import ConfigError
+from genzoo.models.pixelcnn import PixelCNN, PixelCNNConfig
+from genzoo.nets.pixelcnn import GatedPixelCNN
+
+
+def tiny(head="bernoulli", shape=(1, 2, 2), **kw):
+    cfg = PixelCNNConfig(head=head, channels=8, layers=3, kernel=3, head_channels=16, **kw)
+    model = PixelCNN(cfg, shape).double()
+    for p in model.parameters():  # larger weights than the default init, so the conditionals differ visibly
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("out_channels", [1, 256])
+def test_output_depends_on_every_earlier_pixel_and_on_no_other(out_channels):
+    torch.manual_seed(1)
+    net = GatedPixelCNN(1, out_channels, channels=8, layers=5, kernel=3, head_channels=16).double()
+    h = w = 8
+    x = torch.randn(1, 1, h, w, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    for i, j in itertools.product(range(h), range(w)):
+        (grad,) = torch.autograd.grad(out[0, :, i, j].sum(), x, retain_graph=True)
+        grad = grad.abs().flatten()
+        p = i * w + j
+        assert grad[p:].max() == 0, f"pixel ({i},{j}) sees itself or a later pixel"
+        assert (grad[:p] > 0).all(), f"pixel ({i},{j}) has a blind spot"
+
+
+def test_row_by_row_evaluation_equals_the_full_pass():
+    net = GatedPixelCNN(1, 3, channels=8, layers=4, kernel=5, head_channels=16).double()
+    x = torch.randn(2, 1, 9, 7, dtype=torch.float64)
+    full = net(x)
+    for i in range(9):
+        row = net.row(x[:, :, i:i + 1], net.context(x[:, :, :i], 7))
+        torch.testing.assert_close(row, full[:, :, i:i + 1], rtol=0, atol=1e-12)
+
+
+def test_bernoulli_head_is_normalised_over_all_binary_images():
+    model = tiny("bernoulli", (1, 2, 2))
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64).reshape(16, 1, 2, 2)
+    total = torch.logsumexp(model.log_prob(images), 0)
+    assert abs(total.item()) < 1e-12
+
+
+def test_softmax_head_is_normalised_over_all_8bit_images():
+    model = tiny("softmax", (1, 1, 2))
+    v = torch.arange(256, dtype=torch.float64)
+    images = torch.cartesian_prod(v, v).reshape(-1, 1, 1, 2)  # all 65,536 two-pixel images
+    total = torch.logsumexp(model.log_prob(images), 0)
+    assert abs(total.item()) < 1e-10
+
+
+def test_samples_follow_the_density():
+    torch.manual_seed(0)
+    model = tiny("bernoulli", (1, 2, 2)).float()
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4))).reshape(16, 1, 2, 2)
+    p = model.log_prob(images).exp().double()
+    n = 40000
+    g = torch.Generator().manual_seed(0)
+    s = model.sample(n, g)
+    codes = (s.reshape(n, 4) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
+    freq = torch.bincount(codes, minlength=16).double() / n
+    # each frequency within 5 standard errors of its probability
+    se = (p * (1 - p) / n).sqrt()
+    assert torch.all((freq - p).abs() <= 5 * se + 1e-9), (freq, p)
+
+
+def test_completion_keeps_the_given_rows_and_is_seeded():
+    model = tiny("softmax", (1, 6, 5)).float()
+    x = torch.randint(0, 256, (1, 6, 5)).float()
+    a = model.complete(x, 3, given_rows=2, generator=torch.Generator().manual_seed(4))
+    b = model.complete(x, 3, given_rows=2, generator=torch.Generator().manual_seed(4))
+    assert a.shape == (3, 1, 6, 5)
+    torch.testing.assert_close(a[:, :, :2], (x[None, :, :2] / 255).expand(3, 1, 2, 5))
+    assert torch.equal(a, b)
+    assert not torch.equal(a[0, :, 2:], a[1, :, 2:])  # the completions differ where they are drawn
+
+
+def test_temperature_near_zero_is_greedy():
+    model = tiny("bernoulli", (1, 3, 3)).float()
+    s = model.sample(4, torch.Generator().manual_seed(0), temperature=1e-6)
+    assert torch.equal(s, s[:1].expand_as(s))  # every sample is the same argmax chain
+    with pytest.raises(ConfigError, match="temperature"):
+        model.sample(1, temperature=0.0)
+
+
+def test_values_the_head_cannot_score_are_refused():
+    binary = tiny("bernoulli", (1, 2, 2))
+    with pytest.raises(ConfigError, match="binary images"):
+        binary.log_prob(torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="binary images"):
+        binary.log_prob(torch.full((1, 1, 2, 2), 3.0, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="models 1x2x2 images"):
+        binary.log_prob(torch.zeros((1, 1, 3, 3), dtype=torch.float64))
+    assert tiny("softmax").view == "uint8" and binary.view == "binary"
