@@ -93,6 +93,8 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
         out[f"{key}_nats_stderr"] = se
         if model.view == "uint8":
             out[f"{key}_bits_per_dim"] = theory.nats_to_bits_per_dim(mean, dims)
+    if model.kind is DensityKind.EXACT and getattr(model, "nll_estimator", None):
+        out["nll_estimator"] = model.nll_estimator
     if model.kind is DensityKind.BOUND and "nll" in per_example:
         out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"
         out["iwae_k"] = cfg.iwae_k

@@ -4,12 +4,14 @@ from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.models.ddpm import DDPM, DDPMConfig
 from genzoo.models.pixelcnn import PixelCNN, PixelCNNConfig
+from genzoo.models.realnvp import RealNVP, RealNVPConfig
 from genzoo.models.vae import VAE, VAEConfig
 
 FAMILIES: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
     "ddpm": DDPM,
     "pixelcnn": PixelCNN,
+    "realnvp": RealNVP,
 }
 
 
@@ -20,4 +22,4 @@ def get_family(name: str) -> type[GenerativeModel]:
 
 
 __all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig", "DDPM", "DDPMConfig", "PixelCNN",
-           "PixelCNNConfig"]
+           "PixelCNNConfig", "RealNVP", "RealNVPConfig"]
