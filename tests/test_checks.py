@@ -27,6 +27,13 @@ def test_a_wrong_discriminator_is_caught(monkeypatch):
     assert not checks.check_gan_equilibrium().passed
 
 
+def test_a_coupling_that_forgets_the_scale_in_its_log_det_is_caught(monkeypatch):
+    from genzoo.models.realnvp import AffineCoupling
+    forward = AffineCoupling.forward
+    monkeypatch.setattr(AffineCoupling, "forward", lambda self, x: (forward(self, x)[0], torch.zeros(x.shape[0])))
+    assert not checks.check_coupling_log_det().passed
+
+
 def test_the_command_prints_the_table_and_its_status(run_cli, monkeypatch):
     code, out, _ = run_cli("theory")
     assert code == 0 and f"{len(checks.CHECKS)} passed, 0 failed" in out and "14.26" in out

@@ -213,3 +213,57 @@ def test_bad_diffusion_options(run_cli):
                            (["--class-cond", "maybe"], "expected true or false")):
         code, _, err = run_cli("train", "ddpm", *args)
         assert_one_clear_error(code, err, fragment)
+
+
+# --- exact likelihoods from the command line ------------------------------------------------------------------
+PIXELCNN_SMALL = ["--subset", "128", "--epochs", "1", "--batch-size", "32", "--channels", "8", "--layers", "3",
+                  "--head-channels", "16", "--eval-n", "16"]
+
+
+@pytest.fixture(scope="module")
+def trained_pixelcnn(tmp_path_factory):
+    return train_once(tmp_path_factory, "pixelcnn", PIXELCNN_SMALL + ["--head", "softmax"])
+
+
+def test_pixelcnn_softmax_head_reports_bits_per_dim_and_completes_images(trained_pixelcnn, tmp_path, run_cli):
+    run, p = trained_pixelcnn
+    ev = json.loads((run / "summary.json").read_text())["eval"]
+    assert ev["view"] == "uint8" and ev["n_examples"] == 16
+    assert ev["nll_bits_per_dim"] == pytest.approx(ev["nll_nats"] / (784 * 0.6931471805599453))
+    assert 0 < ev["nll_bits_per_dim"] < 9  # an untrained-ish model is near uniform: 8 bits/dim
+    for name in ("samples.png", "completions.png", "curves.png"):
+        assert (run / name).is_file(), name
+    digit = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 200).save(digit)
+    code, out, err = run_cli("sample", run, "--complete", digit, "--n", 3, "--temperature", 0.8,
+                             "--out", tmp_path / "c.png")
+    assert code == 0, err
+    # a 2x2 grid of 28x28 cells (the given half and 3 completions), padded by 2 and scaled by 2
+    assert Image.open(tmp_path / "c.png").size == ((2 * 30 + 2) * 2, (2 * 30 + 2) * 2)
+    top = Image.open(tmp_path / "c.png").convert("L").getpixel((2 * 2 + 1, 2 * 2 + 1))
+    assert top == 200  # the given top half is kept
+    Image.new("L", (32, 32)).save(tmp_path / "big.png")
+    (tmp_path / "junk.png").write_text("not an image")
+    for args, fragment in ((["--complete", tmp_path / "big.png"], "is 32x32 pixels; this model takes 28x28"),
+                           (["--complete", tmp_path / "junk.png"], "cannot be read as an image"),
+                           (["--complete", tmp_path / "none.png"], "does not exist"),
+                           (["--complete", digit, "--temperature", 0], "--temperature must be positive"),
+                           (["--steps", 3], "takes no --steps option")):
+        code, _, err = run_cli("sample", run, *args, "--out", tmp_path / "x.png")
+        assert_one_clear_error(code, err, fragment)
+
+
+def test_realnvp_trains_samples_and_refuses_to_complete(tmp_path_factory, tmp_path, run_cli):
+    run, p = train_once(tmp_path_factory, "realnvp", ["--subset", "128", "--epochs", "1", "--batch-size", "32",
+                                                      "--hidden", "8", "--blocks", "1", "--eval-n", "16"])
+    assert "bits/dim" in p.stdout and "upper bound on the NLL" in p.stdout
+    for name in ("samples.png", "temperatures.png", "curves.png"):
+        assert (run / name).is_file(), name
+    code, _, err = run_cli("sample", run, "--n", 4, "--temperature", 0.7, "--out", tmp_path / "r.png")
+    assert code == 0, err
+    Image.new("L", (28, 28)).save(tmp_path / "d.png")
+    code, _, err = run_cli("sample", run, "--complete", tmp_path / "d.png")
+    assert_one_clear_error(code, err, "the realnvp family cannot complete an image")
+    code, _, err = run_cli("train", "realnvp", "--scales", "4", "--out", tmp_path / "bad")
+    assert_one_clear_error(code, err, "divisible by 8")
+    assert not (tmp_path / "bad").exists()

@@ -64,6 +64,10 @@ def build_parser() -> Parser:
     opts.add_argument("--class", dest="label", type=int, help="class-conditional runs: the class to draw")
     opts.add_argument("--guidance", type=float, help="class-conditional runs: classifier-free guidance scale")
     opts.add_argument("--clip", type=parse_bool, metavar="BOOL", help="diffusion: clip x0_hat to the data range (default true)")
+    opts.add_argument("--temperature", type=float,
+                      help="flows: scale of the prior; autoregressive: divides the logits (default 1)")
+    opts.add_argument("--complete", type=Path, metavar="FILE.png",
+                      help="autoregressive: draw --n completions of the bottom half of this image")
 
     ev = sub.add_parser("eval", help="score a trained run by what its density kind offers")
     ev.add_argument("run", type=Path, help="run folder")
@@ -136,36 +140,48 @@ def cmd_train(args) -> int:
 
 # --- sample, eval, list ----------------------------------------------------------------------------
 def cmd_sample(args) -> int:
-    from genzoo.plots import save_grid
+    from genzoo.plots import read_image, save_grid
     from genzoo.trainer import pick_device
 
     positive("--n", args.n)
     if args.seed < 0:
         raise ConfigError(f"--seed must be non-negative; got {args.seed}.")
-    out = args.out if args.out is not None else args.run / f"samples-seed{args.seed}.png"
+    what = "completions" if args.complete is not None else "samples"
+    out = args.out if args.out is not None else args.run / f"{what}-seed{args.seed}.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file; got {out}.")
     device = pick_device(args.device)
     run = runs.load_run(args.run, device=device)
-    options = sampler_options(args, run.model, device)
+    model = run.model
     gen = torch.Generator(device=device).manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    x = run.model.sample(args.n, gen, **options)
-    cols = math.ceil(math.sqrt(args.n))
-    rows = math.ceil(args.n / cols)
-    pad = torch.ones((rows * cols - args.n, *x.shape[1:]), device=x.device)
+    if args.complete is not None:
+        if not hasattr(model, "complete"):
+            raise ConfigError(f"the {model.family} family cannot complete an image; --complete needs an "
+                              f"autoregressive model (pixelcnn).")
+        given = model.from_image(read_image(args.complete, model.image_shape)).to(device)
+        x = model.complete(given, args.n, generator=gen, **sampler_options(args, model, model.complete, device))
+        half = given.clone()
+        half[:, model.image_shape[1] // 2:] = 0.0
+        x = torch.cat([model.to_image(half)[None], x])  # the given half first, then the completions
+    else:
+        x = model.sample(args.n, gen, **sampler_options(args, model, model.sample, device))
+    count = len(x)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    pad = torch.ones((rows * cols - count, *x.shape[1:]), device=x.device)
     save_grid(torch.cat([x, pad]).reshape(rows, cols, *x.shape[1:]), out)
-    print(f"wrote {args.n} samples to {out}")
+    print(f"wrote {args.n} {what} to {out}")
     return 0
 
 
-def sampler_options(args, model, device) -> dict:
-    """The sampler flags that were given, checked against what this family's sampler accepts."""
+def sampler_options(args, model, sampler, device) -> dict:
+    """The sampler flags that were given, checked against what this family's ``sampler`` method accepts."""
     import inspect
 
-    given = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip")
-             if getattr(args, k) is not None}
-    accepted = inspect.signature(model.sample).parameters
+    given = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip",
+                                           "temperature") if getattr(args, k) is not None}
+    accepted = inspect.signature(sampler).parameters
     options = {}
     for key, value in given.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -216,7 +232,8 @@ def cmd_eval(args) -> int:
 def cmd_list(args) -> int:
     print("families:")
     for name, family in FAMILIES.items():
-        print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view '{family.view}'")
+        views = getattr(family, "views_offered", None) or f"'{family.view}'"
+        print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view {views}")
     print("datasets:")
     for name, spec in DATASETS.items():
         found = locate(spec)

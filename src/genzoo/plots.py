@@ -8,7 +8,25 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genzoo.errors import DataError
 from genzoo.runs import atomic_write
+
+
+def read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
+    """One image file as uint8 pixels [C x H x W] of the given shape (grayscale for C = 1, else RGB)."""
+    c, h, w = shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist.") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path} cannot be read as an image ({e}).") from None
+    if arr.shape[:2] != (h, w):
+        raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]} pixels; this model takes {w}x{h} images.")
+    x = torch.from_numpy(arr.copy())
+    return x[None] if c == 1 else x.permute(2, 0, 1)
 
 
 def grid_image(images: torch.Tensor, pad: int = 2, scale: int = 2) -> Image.Image:

@@ -46,6 +46,7 @@ class PixelCNN(GenerativeModel):
     kind = DensityKind.EXACT
     view = "binary"  # the default head's; a softmax-head model uses the uint8 view (set per instance)
     Config = PixelCNNConfig
+    views_offered = "'binary' (--head bernoulli) or 'uint8' (--head softmax)"
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "grad_clip": 1.0}
 
     def __init__(self, cfg: PixelCNNConfig, image_shape: tuple[int, int, int]):
