@@ -36,7 +36,7 @@ MODEL = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-CHECKPOINT_FORMAT = "genzoo-checkpoint-1"
+CHECKPOINT_FORMAT = "genzoo-checkpoint-2"  # 2: one optimizer per player (optim.PLAYER.*)
 
 
 # --- atomic writes -------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The one trainer. Nothing in this file knows which family it trains.
 
 A family provides ``loss(x) -> [N]``; the trainer reduces it, steps Adam (with optional gradient clipping and
-an EMA of the weights), checkpoints atomically every epoch, resumes exactly, and stops cleanly on SIGINT or
+an EMA of the weights). A family with several players (the GAN's generator and discriminator) names them in
+``players`` and plugs its own ``train_step`` in, calling back ``update(player, losses)`` for each optimisation of
+a player; the loop, the schedule, the checkpoints and the stopping rules stay the same. The trainer checkpoints atomically every epoch, resumes exactly, and stops cleanly on SIGINT or
 SIGTERM (finishing the step, then saving) or on a non-finite loss (keeping the last good checkpoint).
 
 Resuming is exact on CPU: the data order of an epoch depends only on (seed, epoch), and the checkpoint holds
@@ -84,7 +86,9 @@ class Trainer:
         self.device = pick_device(self.tcfg.device)
         self.model = model.to(self.device)
         self.view = get_view(model.view)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
+        self.optimizers = {player: torch.optim.Adam(self.model.player_parameters(player), lr=self.tcfg.lr,
+                                                    weight_decay=self.tcfg.weight_decay, **model.optimizer_options)
+                           for player in model.players}
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.tcfg.ema_decay), use_buffers=True)
                     if self.tcfg.ema_decay > 0 else None)
         self.data_gen = torch.Generator(device=self.device).manual_seed(self.tcfg.seed + 1)
@@ -105,28 +109,33 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        opt = self.optimizer.state_dict()
-        optim_scalars = {}
-        for pid, st in opt["state"].items():
-            for name, value in st.items():
-                if torch.is_tensor(value):
-                    tensors[f"optim.{pid}.{name}"] = value
-                else:
-                    optim_scalars[f"{pid}.{name}"] = value
+        optim_scalars: dict[str, dict] = {}
+        param_groups: dict[str, list] = {}
+        for player, optimizer in self.optimizers.items():
+            opt = optimizer.state_dict()
+            param_groups[player] = opt["param_groups"]
+            optim_scalars[player] = {}
+            for pid, st in opt["state"].items():
+                for name, value in st.items():
+                    if torch.is_tensor(value):
+                        tensors[f"optim.{player}.{pid}.{name}"] = value
+                    else:
+                        optim_scalars[player][f"{pid}.{name}"] = value
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.data"] = self.data_gen.get_state()
         if self.device.type == "cuda":
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
         metadata = {"format": runs.CHECKPOINT_FORMAT, "progress": json.dumps(asdict(self.state)),
-                    "param_groups": json.dumps(opt["param_groups"]), "optim_scalars": json.dumps(optim_scalars)}
+                    "param_groups": json.dumps(param_groups), "optim_scalars": json.dumps(optim_scalars)}
         runs.save_tensors(self.run_dir / runs.CHECKPOINT, tensors, metadata)
         runs.save_tensors(self.run_dir / runs.MODEL, self.eval_model.state_dict())
 
     def load_checkpoint(self) -> None:
         path = self.run_dir / runs.CHECKPOINT
         tensors, meta = runs.load_tensors(path)
-        if meta.get("format") != runs.CHECKPOINT_FORMAT:
+        legacy = meta.get("format") == "genzoo-checkpoint-1"  # one optimizer, before families had players
+        if meta.get("format") != runs.CHECKPOINT_FORMAT and not legacy:
             raise RunError(f"{path} is not a genzoo checkpoint (format {meta.get('format')!r}).")
         try:
             progress = Progress(**json.loads(meta["progress"]))
@@ -140,22 +149,31 @@ class Trainer:
             if head not in groups:
                 raise RunError(f"{path} is damaged: unexpected tensor '{key}'.")
             groups[head][rest] = value
+        if legacy:
+            param_groups, optim_scalars = {"model": param_groups}, {"model": optim_scalars}
+            groups["optim"] = {f"model.{k}": v for k, v in groups["optim"].items()}
         runs.load_weights(self.model, groups["model"], path)
         if self.ema is not None:
             runs.load_weights(self.ema, groups["ema"], path)
-        state: dict[int, dict] = {}
+        if set(param_groups) != set(self.optimizers):
+            raise RunError(f"{path} does not fit this run (its optimizers are {', '.join(param_groups)}).")
+        states: dict[str, dict[int, dict]] = {player: {} for player in self.optimizers}
         for key, value in groups["optim"].items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = value.to(self.device) if name != "step" else value
-        for key, value in optim_scalars.items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = value
-        for g in param_groups:
+            player, pid, name = key.split(".", 2)
+            if player not in states:
+                raise RunError(f"{path} is damaged: unexpected tensor 'optim.{key}'.")
+            states[player].setdefault(int(pid), {})[name] = value.to(self.device) if name != "step" else value
+        for player, scalars in optim_scalars.items():
+            for key, value in scalars.items():
+                pid, name = key.split(".", 1)
+                states[player].setdefault(int(pid), {})[name] = value
+        for g in (g for groups_ in param_groups.values() for g in groups_):
             for k, v in g.items():
                 if k != "params" and isinstance(v, list):
                     g[k] = tuple(v)
         try:
-            self.optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+            for player, optimizer in self.optimizers.items():
+                optimizer.load_state_dict({"state": states[player], "param_groups": param_groups[player]})
             torch.set_rng_state(groups["rng"]["torch"])
             self.data_gen.set_state(groups["rng"]["data"].to(torch.uint8))
             if self.device.type == "cuda":
@@ -202,8 +220,10 @@ class Trainer:
                        disable=not self.progress_bar or None, leave=False)
             tick = time.perf_counter()
             for idx in batch_indices(n, t.batch_size, t.seed, s.epoch, start_batch=s.batch):
-                for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate(s.step, t.epochs * steps_per_epoch, t.lr, t.lr_schedule, t.warmup_steps)
+                lr = learning_rate(s.step, t.epochs * steps_per_epoch, t.lr, t.lr_schedule, t.warmup_steps)
+                for optimizer in self.optimizers.values():
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 loss = self._step(self._train_images[idx], self._train_labels[idx])
                 s.batch += 1
                 s.step += 1
@@ -229,6 +249,9 @@ class Trainer:
                 self.save_checkpoint()
                 return False
             row = self._epoch_row(partial=False)
+            warnings = self.eval_model.diagnose(row)
+            if warnings:
+                row["warnings"] = warnings
             self.metrics.append(row)
             runs.write_metrics(self.run_dir, self.metrics)  # before the checkpoint: see load_checkpoint
             s.epoch += 1
@@ -236,27 +259,38 @@ class Trainer:
             s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0.0, 0, 0.0
             self.save_checkpoint()
             self.log(self._describe(row))
+            for warning in warnings:
+                self.log(f"warning: {warning}")
         return True
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         x = self.view.train_batch(images, self.data_gen)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.precision == "bf16"):
-            losses = self.model.loss(x, labels).float()
-        assert losses.shape == (x.shape[0],), f"loss must be per example, got shape {tuple(losses.shape)}"
-        loss = losses.mean()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the loss became {value} at step {self.state.step + 1} (epoch {self.state.epoch + 1}); training "
-                f"stopped and the last good checkpoint in {self.run_dir} (step {self._last_saved_step()}) is kept; "
-                f"try a lower --lr or --grad-clip.")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.tcfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
-        self.optimizer.step()
+            value = self.model.train_step(x, labels, self.state.step, self._update)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+        return value
+
+    def _update(self, player: str, losses: torch.Tensor) -> float:
+        """Reduce one player's per-example losses, back-propagate, clip and step its optimizer."""
+        assert losses.shape == (losses.shape[0],) and losses.shape[0] > 0, \
+            f"loss must be per example, got shape {tuple(losses.shape)}"
+        loss = losses.float().mean()
+        value = loss.item()
+        if not math.isfinite(value):
+            who = "" if player == "model" else f" of the {player}"
+            raise TrainingDiverged(
+                f"the loss{who} became {value} at step {self.state.step + 1} (epoch {self.state.epoch + 1}); training "
+                f"stopped and the last good checkpoint in {self.run_dir} (step {self._last_saved_step()}) is kept; "
+                f"try a lower --lr or --grad-clip.")
+        optimizer = self.optimizers[player]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=False):
+            loss.backward()
+        if self.tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           self.tcfg.grad_clip)
+        optimizer.step()
         return value
 
     def _last_saved_step(self) -> int | str:

@@ -14,7 +14,7 @@ model only for what its kind offers, so asking a GAN for a likelihood is an erro
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -46,6 +46,8 @@ class GenerativeModel(nn.Module):
     train_defaults: ClassVar[dict] = {}  # TrainConfig values this family trains best with (CLI defaults)
     eval_defaults: ClassVar[dict] = {}  # EvalConfig values for `genzoo eval` (e.g. fewer examples when costly)
     final_eval_defaults: ClassVar[dict] = {}  # EvalConfig values for the evaluation that ends `genzoo train`
+    players: ClassVar[tuple[str, ...]] = ("model",)  # parameter sets, each with its own optimizer
+    optimizer_options: ClassVar[dict] = {}  # extra Adam arguments (e.g. the GAN's betas)
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -59,6 +61,20 @@ class GenerativeModel(nn.Module):
         ``y`` [N] holds the class labels; only class-conditional families use them.
         """
         raise NotImplementedError
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor | None, step: int,
+                   update: Callable[[str, torch.Tensor], float]) -> float:
+        """One optimisation step on a batch; returns the loss to log. ``update(player, losses [N])`` reduces the
+        losses, back-propagates and steps that player's optimizer. One-player families keep this default."""
+        return update("model", self.loss(x, y))
+
+    def player_parameters(self, player: str) -> list[nn.Parameter]:
+        """The parameters the optimizer of ``player`` steps."""
+        return list(self.parameters())
+
+    def diagnose(self, row: dict) -> list[str]:
+        """Warnings about the training, from an epoch's metrics row (e.g. a GAN's collapse)."""
+        return []
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples [n x C x H x W] with values in [0, 1] (for pictures)."""
