@@ -267,3 +267,27 @@ def test_realnvp_trains_samples_and_refuses_to_complete(tmp_path_factory, tmp_pa
     code, _, err = run_cli("train", "realnvp", "--scales", "4", "--out", tmp_path / "bad")
     assert_one_clear_error(code, err, "divisible by 8")
     assert not (tmp_path / "bad").exists()
+
+
+# --- implicit and unnormalised families on the toy ring ------------------------------------------------------
+def test_gan_and_ebm_train_on_the_toy_ring_and_report_against_its_density(tmp_path, run_cli):
+    for family, extra in (("gan", ["--loss", "hinge"]), ("ebm", ["--sgld-steps", "2", "--buffer-size", "100"])):
+        run = tmp_path / family
+        code, out, err = run_cli("train", family, "--dataset", "toy-ring", "--subset", "256", "--epochs", "1",
+                                 "--batch-size", "64", "--hidden", "16", "--eval-n", "300", *extra, "--out", run)
+        assert code == 0, err
+        assert "modes covered" in out and "of 8" in out and "(of 300)" in out
+        ev = json.loads((run / "summary.json").read_text())["eval"]
+        assert ev["view"] == "points" and ev["n_samples"] == 300
+        assert ("kl_data_to_model_nats" in ev) == (family == "ebm")
+        img = Image.open(run / "samples.png")
+        assert img.size[1] == (120 + 4) * 2  # one row of density pictures
+        code, out, err = run_cli("sample", run, "--n", 500, "--out", tmp_path / f"{family}.png")
+        assert code == 0, err
+    code, _, err = run_cli("train", "vae", "--dataset", "toy-ring", "--out", tmp_path / "vae")
+    assert_one_clear_error(code, err, "the vae family models images; toy-ring is a set of 2-D points")
+    assert not (tmp_path / "vae").exists()
+    code, _, err = run_cli("train", "gan", "--loss", "wasserstein", "--out", tmp_path / "x")
+    assert_one_clear_error(code, err, "invalid choice: 'wasserstein'")
+    code, _, err = run_cli("eval", tmp_path / "gan")
+    assert code == 0, err

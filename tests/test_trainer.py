@@ -125,3 +125,24 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
     assert ev["n_examples"] == 64 and ev["split"] == "test" and ev["iwae_k"] == 8
     assert ev["neg_elbo_nats"] >= ev["nll_nats"] > 0  # IWAE-8 is tighter than the ELBO on average
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def tiny_gan_config(**train):
+    from genzoo.config import EvalConfig, TrainConfig
+    from genzoo.models.gan import GANConfig
+    t = dict(dataset="toy-ring", epochs=2, batch_size=64, subset=512, lr=1e-3, seed=5)
+    t.update(train)
+    return runs.RunConfig(family="gan", model=GANConfig(hidden=16, depth=1, latent_dim=4, n_critic=3),
+                          train=TrainConfig(**t), eval=EvalConfig(n=200))
+
+
+def test_two_player_training_resumes_exactly(tmp_path):
+    full = train_run(tiny_gan_config(), tmp_path / "full", **QUIET)
+    train_run(tiny_gan_config(max_steps=11), tmp_path / "part", **QUIET)  # mid-epoch, mid n_critic cycle
+    resumed = train_run(tiny_gan_config(), tmp_path / "part", resume=True, **QUIET)
+    assert full["steps"] == resumed["steps"] == 16
+    keys = checkpoint_tensors(tmp_path / "full").keys()
+    assert any(k.startswith("optim.generator.") for k in keys) and any(k.startswith("optim.discriminator.")
+                                                                       for k in keys)
+    assert_same_state(tmp_path / "full", tmp_path / "part")
+    assert full["eval"] == resumed["eval"] and 0 <= full["eval"]["modes_covered"] <= 8

@@ -58,7 +58,7 @@ def build_parser() -> Parser:
     sample.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     opts = sample.add_argument_group("sampler options (for the families whose sampler takes them)")
     opts.add_argument("--sampler", choices=("ddpm", "ddim"), help="diffusion: ancestral (all T steps) or DDIM")
-    opts.add_argument("--steps", type=int, help="diffusion: DDIM steps (default 100)")
+    opts.add_argument("--steps", type=int, help="diffusion: DDIM steps (default 100); ebm: Langevin steps")
     opts.add_argument("--eta", type=float, help="diffusion: DDIM eta, 0 = deterministic (default 0)")
     opts.add_argument("--spacing", choices=("uniform", "quadratic"), help="diffusion: DDIM timestep spacing")
     opts.add_argument("--class", dest="label", type=int, help="class-conditional runs: the class to draw")
@@ -140,7 +140,7 @@ def cmd_train(args) -> int:
 
 # --- sample, eval, list ----------------------------------------------------------------------------
 def cmd_sample(args) -> int:
-    from genzoo.plots import read_image, save_grid
+    from genzoo.plots import density_image, read_image, save_grid
     from genzoo.trainer import pick_device
 
     positive("--n", args.n)
@@ -166,6 +166,8 @@ def cmd_sample(args) -> int:
         x = torch.cat([model.to_image(half)[None], x])  # the given half first, then the completions
     else:
         x = model.sample(args.n, gen, **sampler_options(args, model, model.sample, device))
+    if x.dim() == 2:  # points (toy data): one picture of their density
+        x = density_image(x, 1.25 * x.abs().max().item())[None]
     count = len(x)
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
@@ -207,6 +209,12 @@ def format_metrics(result: dict) -> str:
             lines.append(f"  {key[:-5]:<10} {value:9.3f} nats  (± {se:.3f} s.e.)")
         elif key.endswith("_bits_per_dim"):
             lines.append(f"  {key[:-13]:<10} {value:9.4f} bits/dim")
+    if "modes_covered" in result:
+        lines.append(f"  modes covered {result['modes_covered']} of {result['modes']}, high-quality samples "
+                     f"{100 * result['high_quality_share']:.1f}% (of {result['n_samples']})")
+    if "kl_data_to_model_nats" in result:
+        lines.append(f"  KL(data || model) {result['kl_data_to_model_nats']:.4f} nats (model normalised on a "
+                     f"{int(result['grid_points'] ** 0.5)}^2 grid)")
     for key in ("nll_estimator", "note"):
         if key in result:
             lines.append(f"  {result[key]}")

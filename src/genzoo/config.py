@@ -39,7 +39,8 @@ def parse_bool(text: str) -> bool:
 class TrainConfig:
     """Settings of the one trainer, shared by every family."""
 
-    dataset: str = option("mnist", "data set to train on", choices=("mnist", "fashion-mnist"))
+    dataset: str = option("mnist", "data set to train on (toy-ring: 2-D points, for gan and ebm)",
+                          choices=("mnist", "fashion-mnist", "toy-ring"))
     epochs: int = option(10, "number of passes over the training split", min=1)
     batch_size: int = option(128, "examples per optimizer step", min=1)
     lr: float = option(1e-3, "Adam learning rate", gt=0.0)

@@ -45,6 +45,19 @@ def grid_image(images: torch.Tensor, pad: int = 2, scale: int = 2) -> Image.Imag
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
+def density_image(points: torch.Tensor, extent: float, size: int = 120) -> torch.Tensor:
+    """2-D points [N x 2] as a picture [1 x size x size] in [0, 1]: a log-scaled histogram over
+    [-extent, extent]^2, dark where the points are dense (y up)."""
+    p = points.detach().double().cpu()
+    idx = ((p + extent) / (2 * extent) * size).floor().long()
+    inside = ((idx >= 0) & (idx < size)).all(dim=1)
+    idx = idx[inside]
+    counts = torch.zeros(size * size, dtype=torch.float64)
+    counts.index_add_(0, (size - 1 - idx[:, 1]) * size + idx[:, 0], torch.ones(len(idx), dtype=torch.float64))
+    shade = torch.log1p(counts) / max(torch.log1p(counts).max().item(), 1e-12)
+    return (1.0 - shade).reshape(1, size, size).float()
+
+
 def save_grid(images: torch.Tensor, path: Path, **kwargs) -> None:
     img = grid_image(images, **kwargs)
     atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))

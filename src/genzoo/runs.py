@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from genzoo import __version__
-from genzoo.data.datasets import get_spec
+from genzoo.data.datasets import data_shape
 from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict
 from genzoo.errors import ConfigError, GenzooError, RunError
 
@@ -123,9 +123,13 @@ def read_config(run_dir: Path) -> RunConfig:
 
 
 # --- models --------------------------------------------------------------------------------------
-def build_model(cfg: RunConfig, image_shape: tuple[int, int, int]):
+def build_model(cfg: RunConfig, image_shape: tuple[int, ...]):
     from genzoo.models import get_family
-    return get_family(cfg.family)(cfg.model, image_shape)
+    family = get_family(cfg.family)
+    if len(image_shape) == 1 and not family.takes_points:
+        raise ConfigError(f"the {cfg.family} family models images; {cfg.train.dataset} is a set of 2-D points "
+                          f"(the gan and ebm families train on it).")
+    return family(cfg.model, image_shape)
 
 
 def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path | str) -> None:
@@ -164,7 +168,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     """Rebuild a run's model from ``config.json`` and ``model.safetensors``. Nothing is unpickled."""
     path = Path(path)
     cfg = read_config(path)
-    model = build_model(cfg, get_spec(cfg.train.dataset).image_shape)
+    model = build_model(cfg, data_shape(cfg.train.dataset))
     weights_path = path / MODEL
     if not weights_path.is_file():
         raise RunError(f"{path} has no {MODEL} yet (has its training written a checkpoint?).")

@@ -194,7 +194,7 @@ def _fetch_verified(url: str, target: Path, sha256: str, timeout: float) -> None
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, 1, H, W) uint8
+    images: torch.Tensor  # (N, 1, H, W) uint8, or (N, 2) float for a toy set of points
     labels: torch.Tensor  # (N,) int64
 
     def __len__(self) -> int:
@@ -237,8 +237,21 @@ def not_found_message(spec: DatasetSpec) -> str:
 
 
 def load_dataset(name: str, download_missing: bool = True) -> ImageDataset:
-    """Load, verify and split a data set (cached per process)."""
+    """Load, verify and split a data set (cached per process). Toy sets of 2-D points (``genzoo.data.toy``)
+    come in the same container, their "images" being float points [N x 2]."""
+    from genzoo.data.toy import TOY_DATASETS, make_splits
+    if name in TOY_DATASETS:
+        spec = TOY_DATASETS[name]
+        splits = {k: Split(*v) for k, v in make_splits(spec).items()}
+        return ImageDataset(name, f"generated: {spec.title}", splits["train"], splits["val"], splits["test"],
+                            classes=tuple(f"mode {i}" for i in range(spec.modes)))
     return _load(name, download_missing)
+
+
+def data_shape(name: str) -> tuple[int, ...]:
+    """The shape of one example of a data set, without loading it: (C, H, W) for images, (2,) for points."""
+    from genzoo.data.toy import TOY_DATASETS
+    return (2,) if name in TOY_DATASETS else get_spec(name).image_shape
 
 
 @functools.lru_cache(maxsize=4)

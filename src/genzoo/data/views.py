@@ -5,6 +5,7 @@
             Training uses dynamic binarisation: a fresh draw b ~ Bernoulli(x/255) for every batch.
             Evaluation uses one fixed draw per split, made with numpy's PCG64 bit generator and the seeds in
             ``FIXED_BINARIZATION_SEEDS``, so every model's nats are computed on the very same bits.
+``points``  2-D toy data (GAN and EBM): the coordinates as they are.
 ``uint8``   the integers 0..255 (as floats) for models scored in bits per dimension (RealNVP, PixelCNN
             with a 256-way softmax, DDPM). Models that need continuous data dequantise in training with
             ``dequantize``: (x + u) / 256, u ~ U[0, 1)^D, which makes their continuous log-density a lower
@@ -81,7 +82,17 @@ class Uint8View(View):
         return images.float()
 
 
-VIEWS: dict[str, View] = {v.name: v for v in (FloatView(), BinaryView(), Uint8View())}
+class PointsView(View):
+    name = "points"  # 2-D toy data (genzoo.data.toy): the float coordinates as they are
+
+    def train_batch(self, images, generator):
+        return images.float()
+
+    def eval_data(self, images, split):
+        return images.float()
+
+
+VIEWS: dict[str, View] = {v.name: v for v in (FloatView(), BinaryView(), Uint8View(), PointsView())}
 
 
 def get_view(name: str) -> View:

@@ -3,6 +3,8 @@
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.models.ddpm import DDPM, DDPMConfig
+from genzoo.models.ebm import EBM, EBMConfig
+from genzoo.models.gan import GAN, GANConfig
 from genzoo.models.pixelcnn import PixelCNN, PixelCNNConfig
 from genzoo.models.realnvp import RealNVP, RealNVPConfig
 from genzoo.models.vae import VAE, VAEConfig
@@ -12,6 +14,8 @@ FAMILIES: dict[str, type[GenerativeModel]] = {
     "ddpm": DDPM,
     "pixelcnn": PixelCNN,
     "realnvp": RealNVP,
+    "gan": GAN,
+    "ebm": EBM,
 }
 
 
@@ -22,4 +26,5 @@ def get_family(name: str) -> type[GenerativeModel]:
 
 
 __all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig", "DDPM", "DDPMConfig", "PixelCNN",
-           "PixelCNNConfig", "RealNVP", "RealNVPConfig"]
+           "PixelCNNConfig", "RealNVP", "RealNVPConfig",
+           "GAN", "GANConfig", "EBM", "EBMConfig"]

@@ -48,6 +48,7 @@ class GenerativeModel(nn.Module):
     final_eval_defaults: ClassVar[dict] = {}  # EvalConfig values for the evaluation that ends `genzoo train`
     players: ClassVar[tuple[str, ...]] = ("model",)  # parameter sets, each with its own optimizer
     optimizer_options: ClassVar[dict] = {}  # extra Adam arguments (e.g. the GAN's betas)
+    takes_points: ClassVar[bool] = False  # True for the families that also train on 2-D toy data (view "points")
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
         super().__init__()

@@ -1,0 +1,169 @@
+"""The energy-based model (chapter 14.1): explicit but unnormalised, p(x) = exp(-E(x)) / Z.
+
+E is a network; Z = integral of exp(-E) is unknown, so the density kind is ``unnormalised``: ``energy(x)`` is
+available, ``log_prob`` is not. The log-likelihood gradient is
+
+    grad log p(x) = -grad E(x) + E_{x- ~ p}[grad E(x-)],
+
+and training follows it by contrastive divergence: the loss per example is E(x+) - E(x-) (plus a penalty
+alpha (E(x+)^2 + E(x-)^2) that keeps energies near zero), with x- drawn by stochastic-gradient Langevin
+dynamics (SGLD),
+
+    x_{k+1} = x_k - step_size * grad_x E(x_k) + noise * N(0, I),
+
+from a replay buffer of past chains (Du & Mordatch 2019): each chain restarts from uniform noise with
+probability ``reinit`` and otherwise continues a stored one, so a few SGLD steps per training step add up to long
+chains. The buffer is part of the model's state (saved with the weights), which also makes resuming exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+from tqdm import tqdm
+
+from genzoo.config import option
+from genzoo.errors import ConfigError
+from genzoo.models.base import DensityKind, GenerativeModel
+from genzoo.nets import MLP, ConvEncoder
+
+POINTS_BOX = 3.0  # chains on 2-D toy data start uniform on [-3, 3]^2, which holds the toy sets' mass
+
+
+@dataclass
+class EBMConfig:
+    channels: int = option(32, "base channels of the conv energy net (images)", min=1)
+    hidden: int = option(256, "width of the hidden layers (the conv net's head; the MLP for 2-D data)", min=1)
+    depth: int = option(3, "hidden layers of the MLP energy net (2-D toy data)", min=1)
+    spectral_norm: bool = option(False, "spectral normalisation of every layer of the energy net")
+    sgld_steps: int = option(20, "SGLD steps per training step", min=1)
+    step_size: float = option(1.0, "SGLD gradient step size", gt=0.0)
+    noise: float = option(0.01, "SGLD noise standard deviation", min=0.0)
+    buffer_size: int = option(10000, "chains kept in the replay buffer", min=1)
+    reinit: float = option(0.05, "probability that a chain restarts from noise", min=0.0, max=1.0)
+    energy_reg: float = option(1.0, "weight alpha of the energy penalty alpha (E(x+)^2 + E(x-)^2)", min=0.0)
+    sample_steps: int = option(200, "SGLD steps when sampling from noise", min=1)
+
+
+class EBM(GenerativeModel):
+    family = "ebm"
+    kind = DensityKind.UNNORMALISED
+    view = "float"  # images in [0, 1] (mapped to [-1, 1]); 2-D toy data use the "points" view
+    views_offered = "'float' (images) or 'points' (toy-ring)"
+    Config = EBMConfig
+    takes_points = True
+    train_defaults = {"lr": 1e-4, "epochs": 10}
+    final_eval_defaults = {"n": 2500}
+
+    def __init__(self, cfg: EBMConfig, image_shape: tuple[int, ...]):
+        super().__init__(cfg, image_shape)
+        self.points = len(image_shape) == 1
+        if self.points:
+            self.view = "points"
+            self.net = MLP(image_shape[0], [cfg.hidden] * cfg.depth, 1, activation="silu")  # smooth: SGLD follows its gradient
+        else:
+            c, h, w = image_shape
+            self.net = ConvEncoder(c, h, w, 1, channels=cfg.channels, hidden=cfg.hidden)
+        if cfg.spectral_norm:  # registered in place on each layer (Miyato et al. 2018)
+            for module in [m for m in self.net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]:
+                _spectral_norm(module)
+        self.register_buffer("replay", self.noise_like(cfg.buffer_size))
+
+    # --- the energy --------------------------------------------------------------------------------
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.points else 2.0 * x - 1.0
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.points else ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def model_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E on model-space data [N x ...] -> [N]."""
+        return self.net(x).reshape(x.shape[0])
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) [N] of data in its view (images in [0, 1], or points): log p(x) = -E(x) - log Z."""
+        return self.model_energy(self.to_model_space(x))
+
+    # --- Langevin dynamics -------------------------------------------------------------------------
+    def noise_like(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Fresh chain starts: uniform on [-1, 1] (images) or on [-3, 3]^2 (points), [n x ...]."""
+        u = torch.rand((n, *self.image_shape), generator=generator, device=device)
+        return (2 * u - 1) * (POINTS_BOX if self.points else 1.0)
+
+    def langevin(self, x: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        """SGLD from x (model space) for ``steps`` steps; returns the detached end points."""
+        step_size, noise = self.cfg.step_size, self.cfg.noise
+        x = x.detach()
+        with torch.enable_grad():
+            for _ in tqdm(range(steps), desc="langevin", unit="step", disable=not progress or None, leave=False):
+                x.requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.model_energy(x).sum(), x)
+                x = x.detach() - step_size * grad.to(x.dtype)
+                if noise > 0:
+                    x = x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                if not self.points:
+                    x = x.clamp(-1.0, 1.0)
+        return x.detach()
+
+    def negatives(self, n: int) -> torch.Tensor:
+        """x- for a training step: continue n chains of the replay buffer (or restart them), store them back."""
+        device = self.replay.device
+        idx = torch.randint(0, len(self.replay), (n,), device=device)
+        start = self.replay[idx]
+        fresh = torch.rand(n, device=device) < self.cfg.reinit
+        start = torch.where(fresh.reshape(-1, *[1] * len(self.image_shape)), self.noise_like(n, device=device), start)
+        x_neg = self.langevin(start, self.cfg.sgld_steps)
+        self.replay[idx] = x_neg.to(self.replay.dtype)
+        return x_neg
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Contrastive divergence per example [N]: E(x+) - E(x-) + alpha (E(x+)^2 + E(x-)^2)."""
+        x_pos = self.to_model_space(x)
+        x_neg = self.negatives(x.shape[0])
+        e_pos, e_neg = self.model_energy(x_pos), self.model_energy(x_neg)
+        return e_pos - e_neg + self.cfg.energy_reg * (e_pos ** 2 + e_neg ** 2)
+
+    def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        chains = self.replay[torch.arange(len(x), device=self.replay.device) % len(self.replay)]
+        return {"energy_data": self.energy(x), "energy_buffer": self.model_energy(chains)}
+
+    def diagnose(self, row: dict) -> list[str]:
+        e = max(abs(row.get("val_energy_data", 0.0)), abs(row.get("val_energy_buffer", 0.0)))
+        if e > 1e3:
+            return [f"energies reach {e:.3g}: training is diverging; raise --energy-reg, lower --lr, or use "
+                    f"--spectral-norm true."]
+        return []
+
+    # --- samples --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, steps: int | None = None,
+               from_buffer: bool = False, progress: bool = False) -> torch.Tensor:
+        """n samples by SGLD, from uniform noise for ``steps`` steps (default ``sample_steps``), or from the
+        replay buffer's chains: images [n x C x H x W] in [0, 1], or points [n x 2]."""
+        steps = self.cfg.sample_steps if steps is None else steps
+        if steps < 1:
+            raise ConfigError(f"--steps must be at least 1; got {steps}.")
+        device = self.replay.device
+        if from_buffer:
+            idx = torch.randint(0, len(self.replay), (n,), generator=generator, device=device)
+            start = self.replay[idx]
+        else:
+            start = self.noise_like(n, generator, device)
+        return self.to_data(self.langevin(start, steps, generator, progress))
+
+    @torch.no_grad()
+    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.points:
+            from genzoo.plots import density_image
+            extent = 1.25 * x.abs().max().item()
+            pics = [density_image(x, extent), density_image(self.sample(2000, generator), extent),
+                    density_image(self.replay, extent)]
+            return {"samples": torch.stack(pics)[None]}  # (1, 3, 1, S, S): test points, samples, the buffer
+        samples = self.sample(100, generator).reshape(10, 10, *self.image_shape)
+        idx = torch.randint(0, len(self.replay), (100,), generator=generator, device=self.replay.device)
+        buffer = self.to_data(self.replay[idx]).reshape(10, 10, *self.image_shape)
+        return {"samples": samples, "buffer": buffer}

@@ -1,0 +1,81 @@
+"""The energy-based model: Langevin dynamics against a known stationary law, the replay buffer, the kind."""
+
+import math
+
+import pytest
+import torch
+
+from genzoo.errors import ConfigError
+from genzoo.models.ebm import EBM, EBMConfig
+
+
+class Quadratic(torch.nn.Module):
+    """E(x) = |x - m|^2 / (2 s^2): exp(-E) is N(m, s^2 I)."""
+
+    def __init__(self, m, s):
+        super().__init__()
+        self.m, self.s = m, s
+
+    def forward(self, x):
+        return ((x - self.m) ** 2).sum(1, keepdim=True) / (2 * self.s ** 2)
+
+
+def test_langevin_dynamics_samples_exp_minus_energy():
+    # With noise^2 = 2 * step_size, SGLD is the Euler discretisation of the Langevin diffusion whose stationary
+    # law is exp(-E)/Z; for a Gaussian the discretised chain's variance is known exactly: s^2 / (1 - eps / (2 s^2)).
+    eps, s = 1e-3, 0.3
+    model = EBM(EBMConfig(hidden=4, depth=1, step_size=eps, noise=math.sqrt(2 * eps), buffer_size=1), (2,))
+    model.net = Quadratic(torch.tensor([1.0, -0.5]), s)
+    x = model.sample(10000, torch.Generator().manual_seed(0), steps=1500)
+    exact_var = s ** 2 / (1 - eps / (2 * s ** 2))
+    assert x.mean(0).tolist() == pytest.approx([1.0, -0.5], abs=0.01)
+    assert x.var(0).tolist() == pytest.approx([exact_var] * 2, rel=0.05)  # 3.5 standard errors
+
+
+def test_replay_buffer_continues_chains_and_stores_them_back():
+    torch.manual_seed(0)
+    model = EBM(EBMConfig(hidden=8, depth=1, buffer_size=50, reinit=0.0, sgld_steps=2), (2,))
+    before = model.replay.clone()
+    torch.manual_seed(1)
+    x_neg = model.negatives(10)
+    torch.manual_seed(1)
+    idx = torch.randint(0, 50, (10,))  # the draw negatives() made
+    once = torch.tensor([(idx == i).sum() == 1 for i in idx])  # a slot drawn twice keeps the last chain
+    assert once.sum() >= 5 and torch.equal(model.replay[idx[once]], x_neg[once])
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[idx] = False
+    assert torch.equal(model.replay[untouched], before[untouched])
+    assert not torch.equal(x_neg, before[idx])  # the chains moved...
+    assert (x_neg - before[idx]).norm(dim=1).max() < 0.5  # ...on from where they were (2 small SGLD steps)
+
+
+def test_contrastive_divergence_lowers_the_energy_of_data_relative_to_samples():
+    torch.manual_seed(0)
+    model = EBM(EBMConfig(hidden=32, depth=2, buffer_size=256, sgld_steps=5, step_size=0.01, noise=0.01,
+                          energy_reg=0.0), (2,))
+    data = torch.randn(256, 2) * 0.1 + torch.tensor([2.0, 0.0])
+    gap = lambda: (model.energy(data).mean() - model.model_energy(model.replay).mean()).item()  # noqa: E731
+    start = gap()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(30):
+        loss = model.loss(data).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert gap() < start - 0.5
+
+
+def test_an_unnormalised_model_offers_energy_only():
+    model = EBM(EBMConfig(channels=4, hidden=8, buffer_size=4, sgld_steps=1), (1, 28, 28))
+    x = torch.rand(3, 1, 28, 28)
+    assert model.energy(x).shape == (3,) and model.view == "float"
+    with pytest.raises(ConfigError, match="density kind 'unnormalised'.*does not offer log_prob"):
+        model.log_prob(x)
+    s = model.sample(2, torch.Generator().manual_seed(0), steps=3)
+    assert s.shape == (2, 1, 28, 28) and 0 <= s.min() and s.max() <= 1
+    assert "replay" in model.state_dict()  # the buffer is saved with the weights (exact resume, sampling)
+    sn = EBM(EBMConfig(channels=4, hidden=8, buffer_size=4, spectral_norm=True), (1, 28, 28))
+    assert any("parametrizations" in k for k in sn.state_dict())
+    with pytest.raises(ConfigError, match="--steps must be at least 1"):
+        model.sample(1, steps=0)
+    assert "diverging" in model.diagnose({"val_energy_data": 5e3})[0] and model.diagnose({"val_energy_data": 1}) == []
