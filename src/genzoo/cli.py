@@ -17,6 +17,7 @@ import torch
 from genzoo import __version__, runs
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.datasets import DATASETS, load_dataset, locate, search_dirs
+from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
 
@@ -115,8 +116,11 @@ def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
             eval=from_args(EvalConfig, args, base=saved.eval, prefix="eval-"),
         )
         return cfg, args.out
-    cfg = runs.RunConfig(family=args.family, model=from_args(family.Config, args),
-                         train=from_args(TrainConfig, args, base=TrainConfig(**family.train_defaults)),
+    dataset = args.dataset if args.dataset is not None else TrainConfig().dataset
+    toy = family.points_defaults if dataset in TOY_DATASETS else {}  # 2-D toy data train best with other settings
+    cfg = runs.RunConfig(family=args.family, model=from_args(family.Config, args, base=family.Config(**toy.get("model", {}))),
+                         train=from_args(TrainConfig, args,
+                                         base=TrainConfig(**{**family.train_defaults, **toy.get("train", {})})),
                          eval=from_args(EvalConfig, args, base=EvalConfig(**family.final_eval_defaults),
                                         prefix="eval-"))
     out = args.out if args.out is not None else default_out(args.family, cfg.train.dataset)

@@ -49,6 +49,7 @@ class GenerativeModel(nn.Module):
     players: ClassVar[tuple[str, ...]] = ("model",)  # parameter sets, each with its own optimizer
     optimizer_options: ClassVar[dict] = {}  # extra Adam arguments (e.g. the GAN's betas)
     takes_points: ClassVar[bool] = False  # True for the families that also train on 2-D toy data (view "points")
+    points_defaults: ClassVar[dict] = {}  # {"model": {...}, "train": {...}}: the defaults on 2-D toy data
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
         super().__init__()

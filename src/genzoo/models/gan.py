@@ -87,6 +87,7 @@ class GAN(GenerativeModel):
     takes_points = True
     train_defaults = {"lr": 2e-4, "epochs": 20}
     final_eval_defaults = {"n": 2500}
+    points_defaults = {"train": {"lr": 1e-3, "epochs": 10}}
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, ...]):
         super().__init__(cfg, image_shape)
