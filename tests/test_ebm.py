@@ -79,3 +79,25 @@ def test_an_unnormalised_model_offers_energy_only():
     with pytest.raises(ConfigError, match="--steps must be at least 1"):
         model.sample(1, steps=0)
     assert "diverging" in model.diagnose({"val_energy_data": 5e3})[0] and model.diagnose({"val_energy_data": 1}) == []
+
+
+def test_exploding_energies_stop_training_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from genzoo import runs
+    from genzoo.config import EvalConfig, TrainConfig
+    from genzoo.errors import TrainingDiverged
+    from genzoo.trainer import train_run
+
+    cfg = runs.RunConfig(family="ebm", model=EBMConfig(hidden=8, depth=1, buffer_size=64, sgld_steps=1),
+                         train=TrainConfig(dataset="toy-ring", subset=256, batch_size=64, epochs=2),
+                         eval=EvalConfig(n=10))
+    original = EBM.model_energy
+    checkpoint = tmp_path / "run" / runs.CHECKPOINT
+
+    def exploding(self, x):  # fine for the first epoch, then the energies explode
+        e = original(self, x)
+        return e * 1e9 if self.training and checkpoint.is_file() else e
+
+    monkeypatch.setattr(EBM, "model_energy", exploding)
+    with pytest.raises(TrainingDiverged, match=r"energies reached .* last good checkpoint .* \(step 4\) is kept"):
+        train_run(cfg, tmp_path / "run", log=lambda m: None)
+    assert (tmp_path / "run" / runs.CHECKPOINT).is_file()

@@ -28,3 +28,8 @@ class TrainingDiverged(GenzooError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class ModelDiverged(Exception):
+    """Raised by a family inside a training step when its own quantities explode (an EBM's energies); the
+    trainer turns it into ``TrainingDiverged``, naming the step and the checkpoint it keeps."""

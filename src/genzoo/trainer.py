@@ -28,7 +28,7 @@ from tqdm import tqdm
 from genzoo import runs
 from genzoo.data.datasets import ImageDataset, load_dataset
 from genzoo.data.views import batch_indices, get_view
-from genzoo.errors import ConfigError, GenzooError, RunError, TrainingDiverged
+from genzoo.errors import ConfigError, GenzooError, ModelDiverged, RunError, TrainingDiverged
 from genzoo.evaluate import evaluate, eval_tensor, isolated_rng, validation_metrics
 from genzoo.models.base import GenerativeModel
 from genzoo.plots import plot_curves, save_grid
@@ -265,8 +265,11 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         x = self.view.train_batch(images, self.data_gen)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.precision == "bf16"):
-            value = self.model.train_step(x, labels, self.state.step, self._update)
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.precision == "bf16"):
+                value = self.model.train_step(x, labels, self.state.step, self._update)
+        except ModelDiverged as e:
+            raise TrainingDiverged(self._diverged(str(e))) from None
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return value
@@ -279,10 +282,7 @@ class Trainer:
         value = loss.item()
         if not math.isfinite(value):
             who = "" if player == "model" else f" of the {player}"
-            raise TrainingDiverged(
-                f"the loss{who} became {value} at step {self.state.step + 1} (epoch {self.state.epoch + 1}); training "
-                f"stopped and the last good checkpoint in {self.run_dir} (step {self._last_saved_step()}) is kept; "
-                f"try a lower --lr or --grad-clip.")
+            raise TrainingDiverged(self._diverged(f"the loss{who} became {value}") + "; try a lower --lr or --grad-clip.")
         optimizer = self.optimizers[player]
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=False):
@@ -292,6 +292,10 @@ class Trainer:
                                            self.tcfg.grad_clip)
         optimizer.step()
         return value
+
+    def _diverged(self, what: str) -> str:
+        return (f"{what} at step {self.state.step + 1} (epoch {self.state.epoch + 1}); training stopped and the last "
+                f"good checkpoint in {self.run_dir} (step {self._last_saved_step()}) is kept")
 
     def _last_saved_step(self) -> int | str:
         path = self.run_dir / runs.CHECKPOINT

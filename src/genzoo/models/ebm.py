@@ -26,10 +26,11 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 from tqdm import tqdm
 
 from genzoo.config import option
-from genzoo.errors import ConfigError
+from genzoo.errors import ConfigError, ModelDiverged
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.nets import MLP, ConvEncoder
 
+MAX_ENERGY = 1e4  # beyond this (the penalty keeps energies near 0) training has diverged
 POINTS_BOX = 3.0  # chains on 2-D toy data start uniform on [-3, 3]^2, which holds the toy sets' mass
 
 
@@ -127,6 +128,10 @@ class EBM(GenerativeModel):
         x_pos = self.to_model_space(x)
         x_neg = self.negatives(x.shape[0])
         e_pos, e_neg = self.model_energy(x_pos), self.model_energy(x_neg)
+        worst = torch.cat([e_pos, e_neg]).detach().abs().max().item()
+        if not worst <= MAX_ENERGY:  # also catches NaN
+            raise ModelDiverged(f"energies reached {worst:.3g} (raise --energy-reg, lower --lr, or use "
+                                f"--spectral-norm true)")
         return e_pos - e_neg + self.cfg.energy_reg * (e_pos ** 2 + e_neg ** 2)
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
