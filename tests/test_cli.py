@@ -291,3 +291,12 @@ def test_gan_and_ebm_train_on_the_toy_ring_and_report_against_its_density(tmp_pa
     assert_one_clear_error(code, err, "invalid choice: 'wasserstein'")
     code, _, err = run_cli("eval", tmp_path / "gan")
     assert code == 0, err
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    # `genzoo list | head -1`: the pipe closes before genzoo writes; it must stop quietly.
+    p = subprocess.Popen([sys.executable, "-m", "genzoo", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=60)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
