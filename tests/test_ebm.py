@@ -34,7 +34,7 @@ def test_langevin_dynamics_samples_exp_minus_energy():
 
 def test_replay_buffer_continues_chains_and_stores_them_back():
     torch.manual_seed(0)
-    model = EBM(EBMConfig(hidden=8, depth=1, buffer_size=50, reinit=0.0, sgld_steps=2), (2,))
+    model = EBM(EBMConfig(hidden=8, depth=1, buffer_size=50, reinit=0.0, sgld_steps=2, step_size=0.01), (2,))
     before = model.replay.clone()
     torch.manual_seed(1)
     x_neg = model.negatives(10)
