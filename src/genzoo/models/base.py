@@ -90,6 +90,17 @@ class GenerativeModel(nn.Module):
         """The family's pictures for the run folder: name -> grid [rows x cols x C x H x W] in [0, 1]."""
         return {}
 
+    def check_discrete(self, x: torch.Tensor, levels: int, scorer: str) -> None:
+        """Refuse data a discrete likelihood cannot score: another image shape, or values other than the
+        integers 0..levels-1. ``scorer`` names the model in the message (e.g. "RealNVP")."""
+        if x.shape[1:] != self.image_shape:
+            raise ConfigError(f"this {type(self).__name__} models {'x'.join(map(str, self.image_shape))} images; "
+                              f"got {'x'.join(map(str, x.shape[1:]))}.")
+        if not torch.equal(x, x.round()) or x.min() < 0 or x.max() > levels - 1:
+            what = {2: "binary images (0 or 1)", 256: "8-bit images (integers 0..255)"}.get(
+                levels, f"images with integer values 0..{levels - 1}")
+            raise ConfigError(f"{scorer} scores {what} only.")
+
     # --- what a kind offers ---------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise ConfigError(self._not_offered("log_prob"))

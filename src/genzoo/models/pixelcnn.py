@@ -84,16 +84,11 @@ class PixelCNN(GenerativeModel):
         nll = -self.log_prob(x)
         metrics = {"nll": nll}
         if self.view == "uint8":
-            metrics["bits_per_dim"] = nll / (x[0].numel() * torch.log(torch.tensor(2.0)))
+            metrics["bits_per_dim"] = theory.nats_to_bits_per_dim(nll, x[0].numel())
         return metrics
 
     def _check_values(self, x: torch.Tensor) -> None:
-        if x.shape[1:] != self.image_shape:
-            raise ConfigError(f"this PixelCNN models {'x'.join(map(str, self.image_shape))} images; "
-                              f"got {'x'.join(map(str, x.shape[1:]))}.")
-        if not torch.equal(x, x.round()) or x.min() < 0 or x.max() > self.levels - 1:
-            what = "binary images (0 or 1)" if self.levels == 2 else "8-bit images (integers 0..255)"
-            raise ConfigError(f"a {self.cfg.head}-head PixelCNN scores {what} only.")
+        self.check_discrete(x, self.levels, f"a {self.cfg.head}-head PixelCNN")
 
     # --- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()

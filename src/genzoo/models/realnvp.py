@@ -82,32 +82,27 @@ class AffineCoupling(nn.Module):
         raw_s, t = self.net(x_a).to(x_a.dtype).chunk(2, dim=1)
         return self.scale * torch.tanh(raw_s), t  # s bounded in (-scale, scale)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _couple(self, x: torch.Tensor, step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply ``step(moved, s, t)`` to the moved part of x, with s and t computed from its kept part (the
+        same in x and y, which is what makes the coupling invertible); returns the result and s."""
         if self.mask == "checkerboard":
             b = checkerboard(x.shape[2], x.shape[3], self.parity, x.device).to(x.dtype)
             s, t = self._s_t(torch.cat([x * b, b.expand(x.shape[0], 1, -1, -1)], dim=1))
-            s, t = s * (1 - b), t * (1 - b)  # zero on the kept pixels
-            return x * torch.exp(s) + t, theory.sum_except_batch(s)
-        x_a, x_b = x.chunk(2, dim=1)
+            s, t = s * (1 - b), t * (1 - b)  # zero on the kept pixels, so step leaves them unchanged
+            return step(x, s, t), s
+        kept, moved = x.chunk(2, dim=1)
         if self.parity:
-            x_a, x_b = x_b, x_a
-        s, t = self._s_t(x_a)
-        y_b = x_b * torch.exp(s) + t
-        y = torch.cat([y_b, x_a] if self.parity else [x_a, y_b], dim=1)
+            kept, moved = moved, kept
+        s, t = self._s_t(kept)
+        moved = step(moved, s, t)
+        return torch.cat([moved, kept] if self.parity else [kept, moved], dim=1), s
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, s = self._couple(x, lambda x_b, s, t: x_b * torch.exp(s) + t)
         return y, theory.sum_except_batch(s)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        if self.mask == "checkerboard":
-            b = checkerboard(y.shape[2], y.shape[3], self.parity, y.device).to(y.dtype)
-            s, t = self._s_t(torch.cat([y * b, b.expand(y.shape[0], 1, -1, -1)], dim=1))
-            s, t = s * (1 - b), t * (1 - b)
-            return (y - t) * torch.exp(-s)
-        y_a, y_b = y.chunk(2, dim=1)
-        if self.parity:
-            y_a, y_b = y_b, y_a
-        s, t = self._s_t(y_a)
-        x_b = (y_b - t) * torch.exp(-s)
-        return torch.cat([x_b, y_a] if self.parity else [y_a, x_b], dim=1)
+        return self._couple(y, lambda y_b, s, t: (y_b - t) * torch.exp(-s))[0]
 
 
 class MultiScaleFlow(nn.Module):
@@ -121,7 +116,6 @@ class MultiScaleFlow(nn.Module):
         if h % 2 ** (scales - 1) or w % 2 ** (scales - 1):
             raise ConfigError(f"{scales} scales squeeze {scales - 1} times, so the image height and width must be "
                               f"divisible by {2 ** (scales - 1)}; got {h}x{w} (use fewer --scales).")
-        self.image_shape = tuple(image_shape)
         self.levels = nn.ModuleList()
         self.out_shapes: list[tuple[int, int, int]] = []  # the shape of each part of z, in order
         for _ in range(scales - 1):
@@ -221,11 +215,7 @@ class RealNVP(GenerativeModel):
     def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """log P(x) of 8-bit images (values 0..255) [N x C x H x W], in nats, through one dequantisation draw:
         an unbiased estimate of the lower bound E_u[log p((x + u)/256)] - D log 256 (see the module doc)."""
-        if x.shape[1:] != self.image_shape:
-            raise ConfigError(f"this RealNVP models {'x'.join(map(str, self.image_shape))} images; "
-                              f"got {'x'.join(map(str, x.shape[1:]))}.")
-        if not torch.equal(x, x.round()) or x.min() < 0 or x.max() > 255:
-            raise ConfigError("RealNVP scores 8-bit images (integers 0..255) only.")
+        self.check_discrete(x, 256, "RealNVP")
         return self.log_density(dequantize(x, generator)) - x[0].numel() * math.log(256.0)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -233,7 +223,7 @@ class RealNVP(GenerativeModel):
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         nll = -self.log_prob(x)
-        return {"nll": nll, "bits_per_dim": nll / (x[0].numel() * math.log(2.0))}
+        return {"nll": nll, "bits_per_dim": theory.nats_to_bits_per_dim(nll, x[0].numel())}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
