@@ -145,7 +145,7 @@ def cmd_train(args) -> int:
 
 # --- sample, eval, list ----------------------------------------------------------------------------
 def cmd_sample(args) -> int:
-    from genzoo.plots import density_image, read_image, save_grid
+    from genzoo.plots import density_image, points_extent, read_image, save_grid
     from genzoo.trainer import pick_device
 
     positive("--n", args.n)
@@ -172,7 +172,7 @@ def cmd_sample(args) -> int:
     else:
         x = model.sample(args.n, gen, **sampler_options(args, model, model.sample, device))
     if x.dim() == 2:  # points (toy data): one picture of their density
-        x = density_image(x, 1.25 * x.abs().max().item())[None]
+        x = density_image(x, points_extent(x))[None]
     count = len(x)
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)

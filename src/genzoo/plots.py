@@ -45,6 +45,11 @@ def grid_image(images: torch.Tensor, pad: int = 2, scale: int = 2) -> Image.Imag
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
+def points_extent(points: torch.Tensor) -> float:
+    """Half-width of a square that shows 2-D points [N x 2] with a margin: 1.25 max |coordinate|."""
+    return 1.25 * points.abs().max().item()
+
+
 def density_image(points: torch.Tensor, extent: float, size: int = 120) -> torch.Tensor:
     """2-D points [N x 2] as a picture [1 x size x size] in [0, 1]: a log-scaled histogram over
     [-extent, extent]^2, dark where the points are dense (y up)."""

@@ -3,8 +3,9 @@
 A family provides ``loss(x) -> [N]``; the trainer reduces it, steps Adam (with optional gradient clipping and
 an EMA of the weights). A family with several players (the GAN's generator and discriminator) names them in
 ``players`` and plugs its own ``train_step`` in, calling back ``update(player, losses)`` for each optimisation of
-a player; the loop, the schedule, the checkpoints and the stopping rules stay the same. The trainer checkpoints atomically every epoch, resumes exactly, and stops cleanly on SIGINT or
-SIGTERM (finishing the step, then saving) or on a non-finite loss (keeping the last good checkpoint).
+a player; the loop, the schedule, the checkpoints and the stopping rules stay the same. The trainer checkpoints
+atomically every epoch, resumes exactly, and stops cleanly on SIGINT or SIGTERM (finishing the step, then
+saving) or on a non-finite loss (keeping the last good checkpoint).
 
 Resuming is exact on CPU: the data order of an epoch depends only on (seed, epoch), and the checkpoint holds
 the torch and data RNG states, so a resumed run takes the same steps as an uninterrupted one.

@@ -114,3 +114,31 @@ class GenerativeModel(nn.Module):
     def _not_offered(self, what: str) -> str:
         return f"the {self.family} family is of density kind '{self.kind.value}' ({self.kind.description}); " \
                f"it does not offer {what}."
+
+
+class ImagesOrPoints(GenerativeModel):
+    """A family that trains on float images in [0, 1], modelled in [-1, 1], or on 2-D toy points as they are
+    (the GAN and the EBM): the data view, the map to model space and back, and the pictures of points."""
+
+    view = "float"  # images; an instance built for points uses the "points" view
+    views_offered = "'float' (images) or 'points' (toy-ring)"
+    takes_points = True
+
+    def __init__(self, cfg: Any, image_shape: tuple[int, ...]):
+        super().__init__(cfg, image_shape)
+        self.points = len(image_shape) == 1
+        if self.points:
+            self.view = "points"
+
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.points else 2.0 * x - 1.0
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.points else ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    @staticmethod
+    def density_pictures(reference: torch.Tensor, *clouds: torch.Tensor) -> torch.Tensor:
+        """One row of density pictures [1 x k x 1 x S x S] of point clouds, all framed by the reference points."""
+        from genzoo.plots import density_image, points_extent
+        extent = points_extent(reference)
+        return torch.stack([density_image(c, extent) for c in clouds])[None]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from genzoo.config import option
 from genzoo.errors import ConfigError, ModelDiverged
-from genzoo.models.base import DensityKind, GenerativeModel
+from genzoo.models.base import DensityKind, ImagesOrPoints
 from genzoo.nets import MLP, ConvEncoder
 
 MAX_ENERGY = 1e4  # beyond this (the penalty keeps energies near 0) training has diverged
@@ -51,13 +51,10 @@ class EBMConfig:
     sample_steps: int = option(200, "SGLD steps when sampling from noise", min=1)
 
 
-class EBM(GenerativeModel):
+class EBM(ImagesOrPoints):
     family = "ebm"
     kind = DensityKind.UNNORMALISED
-    view = "float"  # images in [0, 1] (mapped to [-1, 1]); 2-D toy data use the "points" view
-    views_offered = "'float' (images) or 'points' (toy-ring)"
     Config = EBMConfig
-    takes_points = True
     train_defaults = {"lr": 1e-4, "epochs": 10}
     final_eval_defaults = {"n": 2500}
     # modes of std 0.02 need SGLD steps of that order (toy-ring: 8 of 8 modes, 90% high-quality samples)
@@ -65,9 +62,7 @@ class EBM(GenerativeModel):
 
     def __init__(self, cfg: EBMConfig, image_shape: tuple[int, ...]):
         super().__init__(cfg, image_shape)
-        self.points = len(image_shape) == 1
         if self.points:
-            self.view = "points"
             self.net = MLP(image_shape[0], [cfg.hidden] * cfg.depth, 1, activation="silu")  # smooth: SGLD follows its gradient
         else:
             c, h, w = image_shape
@@ -78,12 +73,6 @@ class EBM(GenerativeModel):
         self.register_buffer("replay", self.noise_like(cfg.buffer_size))
 
     # --- the energy --------------------------------------------------------------------------------
-    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.points else 2.0 * x - 1.0
-
-    def to_data(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.points else ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-
     def model_energy(self, x: torch.Tensor) -> torch.Tensor:
         """E on model-space data [N x ...] -> [N]."""
         return self.net(x).reshape(x.shape[0])
@@ -167,11 +156,8 @@ class EBM(GenerativeModel):
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.points:
-            from genzoo.plots import density_image
-            extent = 1.25 * x.abs().max().item()
-            pics = [density_image(x, extent), density_image(self.sample(2000, generator), extent),
-                    density_image(self.replay, extent)]
-            return {"samples": torch.stack(pics)[None]}  # (1, 3, 1, S, S): test points, samples, the buffer
+            # test points, samples, the buffer's chains
+            return {"samples": self.density_pictures(x, x, self.sample(2000, generator), self.replay)}
         samples = self.sample(100, generator).reshape(10, 10, *self.image_shape)
         idx = torch.randint(0, len(self.replay), (100,), generator=generator, device=self.replay.device)
         buffer = self.to_data(self.replay[idx]).reshape(10, 10, *self.image_shape)

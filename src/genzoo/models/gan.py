@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
-from genzoo.models.base import DensityKind, GenerativeModel
+from genzoo.models.base import DensityKind, ImagesOrPoints
 from genzoo.nets import MLP
 from genzoo.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
@@ -76,24 +76,19 @@ class GANConfig:
     spectral_norm: bool = option(False, "spectral normalisation in the discriminator")
 
 
-class GAN(GenerativeModel):
+class GAN(ImagesOrPoints):
     family = "gan"
     kind = DensityKind.IMPLICIT
-    view = "float"  # images in [0, 1] (mapped to [-1, 1]); 2-D toy data use the "points" view
-    views_offered = "'float' (images) or 'points' (toy-ring)"
     Config = GANConfig
     players = ("generator", "discriminator")
     optimizer_options = {"betas": (0.5, 0.999)}  # DCGAN's momentum (Radford et al. 2016)
-    takes_points = True
     train_defaults = {"lr": 2e-4, "epochs": 20}
     final_eval_defaults = {"n": 2500}
     points_defaults = {"train": {"lr": 1e-3, "epochs": 10}}
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, ...]):
         super().__init__(cfg, image_shape)
-        self.points = len(image_shape) == 1
         if self.points:
-            self.view = "points"
             d = image_shape[0]
             self.generator = MLP(cfg.latent_dim, [cfg.hidden] * cfg.depth, d, activation="relu")
             self.discriminator = MLP(d, [cfg.hidden] * cfg.depth, 1, activation="relu")
@@ -105,13 +100,7 @@ class GAN(GenerativeModel):
     def player_parameters(self, player: str) -> list[torch.nn.Parameter]:
         return list(getattr(self, player).parameters())
 
-    # --- the two players ---------------------------------------------------------------------------------
-    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.points else 2.0 * x - 1.0  # images [0, 1] -> [-1, 1], the range of G's tanh
-
-    def to_data(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.points else ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-
+    # --- the two players (images in model space [-1, 1], the range of G's tanh) ------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The discriminator's logit (or critic score) per example [N], on model-space data."""
         return self.discriminator(x).reshape(x.shape[0])
@@ -194,9 +183,6 @@ class GAN(GenerativeModel):
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.points:
-            from genzoo.plots import density_image
-            extent = 1.25 * x.abs().max().item()
-            pics = [density_image(x, extent), density_image(self.sample(5000, generator), extent)]
-            return {"samples": torch.stack(pics)[None]}  # (1, 2, 1, S, S): test points, then samples
+            return {"samples": self.density_pictures(x, x, self.sample(5000, generator))}  # test points, samples
         return {"samples": self.sample(100, generator).reshape(10, 10, *self.image_shape),
                 "interp": self.interpolate(8, 10, generator)}
