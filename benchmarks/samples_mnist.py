@@ -12,7 +12,6 @@ quality of 100 samples beside that of 100 real test digits.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import sys
@@ -21,43 +20,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from budget import RESULTS, add_budget_arguments, train_within_budget  # noqa: E402
 from sample_quality import classifier, quality  # noqa: E402
 from vae_mnist import machine  # noqa: E402
 
 from genzoo import runs  # noqa: E402
-from genzoo.config import EvalConfig, TrainConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
-from genzoo.models import get_family  # noqa: E402
-from genzoo.trainer import train_run  # noqa: E402
 
-HERE = Path(__file__).parent
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=("gan", "ebm"))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--budget-minutes", type=float, default=30.0)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--model", default="{}", help="model options as JSON")
-    p.add_argument("--tag", default="")
+    add_budget_arguments(p, epochs=10, budget_minutes=30.0, precision="fp32")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    family = get_family(args.family)
-    name = f"{args.family}_mnist" + (f"-{args.tag}" if args.tag else "")
-    run_dir, result_path = HERE / "results" / name, HERE / "results" / f"{name}.json"
-    train = {**family.train_defaults, "epochs": args.epochs, "time_limit": args.budget_minutes,
-             "precision": args.precision}
-    cfg = runs.RunConfig(family=args.family, model=family.Config(**json.loads(args.model)),
-                         train=TrainConfig(**train), eval=EvalConfig(n=100))
-    resume = (run_dir / runs.CHECKPOINT).is_file()
-    if resume:
-        saved = runs.read_config(run_dir)
-        cfg = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=args.epochs,
-                                                                   time_limit=args.budget_minutes))
-    summary = train_run(cfg, run_dir, resume=resume, log=print, progress_bar=sys.stderr.isatty())
+    name, run_dir, cfg, summary = train_within_budget(args.family, args, eval_n=100)
     model = runs.load_run(run_dir).model
     net, accuracy = classifier()
     samples = model.sample(100, torch.Generator().manual_seed(0))
@@ -72,7 +49,7 @@ def main() -> int:
               "quality_metric": "stand-in: small MNIST classifier confidence and label entropy, not FID",
               "classifier_test_accuracy": accuracy, "quality_samples": quality(net, samples),
               "quality_real_test_images": quality(net, real)}
-    runs.write_json(result_path, result)
+    runs.write_json(RESULTS / f"{name}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "machine")}, indent=1))
     return 0
 
