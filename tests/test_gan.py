@@ -99,3 +99,19 @@ def test_diagnostics_warn_of_a_winning_discriminator_and_of_collapse():
     collapsed = model.diagnose({**healthy, "val_fake_spread": 0.1})
     assert len(collapsed) == 1 and "mode collapse" in collapsed[0]
     assert "diverging" in model.diagnose({"val_critic_real": 3e4, "val_critic_fake": -2e4})[0]
+
+
+@pytest.mark.parametrize("loss,betas", [("non-saturating", (0.5, 0.999)), ("hinge", (0.5, 0.999)),
+                                        ("wgan-gp", (0.0, 0.9))])
+def test_each_loss_trains_with_the_adam_momentum_of_its_paper(loss, betas, tmp_path):
+    from genzoo.config import EvalConfig, TrainConfig
+    from genzoo.data import load_dataset
+    from genzoo.runs import RunConfig
+    from genzoo.trainer import Trainer
+
+    cfg = RunConfig(family="gan", model=GANConfig(hidden=16, depth=1, latent_dim=4, loss=loss),
+                    train=TrainConfig(dataset="toy-ring", subset=64, batch_size=32), eval=EvalConfig())
+    data = load_dataset("toy-ring").subset(64)
+    trainer = Trainer(GAN(cfg.model, data.image_shape), tmp_path, cfg, data, log=lambda s: None)
+    assert {p: o.param_groups[0]["betas"] for p, o in trainer.optimizers.items()} == {
+        "generator": betas, "discriminator": betas}

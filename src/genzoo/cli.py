@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -58,7 +59,54 @@ def build_parser() -> Parser:
     sample.add_argument("--out", type=Path, default=None, help="PNG file (default RUN/samples-seedS.png)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    opts = sample.add_argument_group("sampler options (for the families whose sampler takes them)")
+    opts = add_sampler_options(sample)
+    opts.add_argument("--complete", type=Path, metavar="FILE.png",
+                      help="autoregressive: draw --n completions of the bottom half of this image")
+
+    ev = sub.add_parser("eval", help="score a trained run by what its density kind offers, or its samples by FID",
+                        description="Score a run: its test likelihood as its density kind allows, or with --fid the "
+                                    "quality of its samples (FID and KID in genzoo's feature space).")
+    ev.add_argument("run", type=Path, help="run folder")
+    add_dataclass_arguments(ev, EvalConfig)  # shown defaults are EvalConfig's; a family may lower --n (ddpm: 500)
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    fid = ev.add_argument_group("sample quality")
+    fid.add_argument("--fid", action="store_true",
+                     help="score samples by FID and KID instead of the likelihood; --n is then the number of "
+                          "samples (0 = 10,000)")
+    fid.add_argument("--reference", choices=("auto", "float", "binary"), default="auto",
+                     help="test images to compare with: grey (float) or the fixed binarisation (binary); auto "
+                          "picks binary for the Bernoulli families")
+    fid.add_argument("--batch-size", type=int, default=500, help="samples drawn per batch (default 500)")
+    add_sampler_options(ev)
+
+    b = sub.add_parser("bench", help="train, score and tabulate every family on one data set",
+                       description="Train each family with its preset within a budget (or resume or reuse its run), "
+                                   "score its test NLL and its samples' FID and KID, and write one leaderboard. "
+                                   "Interrupted, the same command picks up where it stopped.")
+    b.add_argument("--families", nargs="+", default=list(FAMILIES), metavar="FAMILY",
+                   help=f"families to run, in table order (default: {' '.join(FAMILIES)})")
+    b.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    b.add_argument("--budget-minutes", type=float, default=10.0, help="training minutes per family (default 10)")
+    b.add_argument("--fid-n", type=int, default=10_000, help="samples per FID/KID (default 10,000)")
+    b.add_argument("--nll-n", type=int, default=0, help="test images for the NLL (default 0: the family's preset)")
+    b.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder of the runs (default runs/bench)")
+    b.add_argument("--leaderboard", type=Path, default=None, help="markdown file (default OUT/LEADERBOARD.md)")
+    b.add_argument("--run", action="append", default=[], metavar="FAMILY=RUN",
+                   help="score this finished run folder for FAMILY instead of training one (repeatable)")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
+    r = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
+    r.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders")
+    r.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
+
+    sub.add_parser("list", help="the model families and data sets")
+    sub.add_parser("theory", help="run every identity of the chapter as a numeric check")
+    return p
+
+
+def add_sampler_options(parser):
+    """The sampler flags shared by `sample` and `eval --fid`; each is checked against the family's sampler."""
+    opts = parser.add_argument_group("sampler options (for the families whose sampler takes them)")
     opts.add_argument("--sampler", choices=("ddpm", "ddim"), help="diffusion: ancestral (all T steps) or DDIM")
     opts.add_argument("--steps", type=int, help="diffusion: DDIM steps (default 100); ebm: Langevin steps")
     opts.add_argument("--eta", type=float, help="diffusion: DDIM eta, 0 = deterministic (default 0)")
@@ -68,17 +116,7 @@ def build_parser() -> Parser:
     opts.add_argument("--clip", type=parse_bool, metavar="BOOL", help="diffusion: clip x0_hat to the data range (default true)")
     opts.add_argument("--temperature", type=float,
                       help="flows: scale of the prior; autoregressive: divides the logits (default 1)")
-    opts.add_argument("--complete", type=Path, metavar="FILE.png",
-                      help="autoregressive: draw --n completions of the bottom half of this image")
-
-    ev = sub.add_parser("eval", help="score a trained run by what its density kind offers")
-    ev.add_argument("run", type=Path, help="run folder")
-    add_dataclass_arguments(ev, EvalConfig)  # shown defaults are EvalConfig's; a family may lower --n (ddpm: 500)
-    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-
-    sub.add_parser("list", help="the model families and data sets")
-    sub.add_parser("theory", help="run every identity of the chapter as a numeric check")
-    return p
+    return opts
 
 
 def positive(name: str, value: int) -> None:
@@ -182,7 +220,7 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def sampler_options(args, model, sampler, device) -> dict:
+def sampler_options(args, model, sampler, device, n: int | None = None) -> dict:
     """The sampler flags that were given, checked against what this family's ``sampler`` method accepts."""
     import inspect
 
@@ -199,7 +237,7 @@ def sampler_options(args, model, sampler, device) -> dict:
             raise ConfigError(f"the {model.family} family's sampler takes no {flag} option.")
         options[name] = value
     if "y" in options:
-        options["y"] = torch.full((args.n,), options["y"], dtype=torch.long, device=device)
+        options["y"] = torch.full((n or args.n,), options["y"], dtype=torch.long, device=device)
     if "progress" in accepted:
         options["progress"] = sys.stderr.isatty()
     return options
@@ -227,11 +265,30 @@ def format_metrics(result: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from genzoo.evaluate import evaluate
+    from genzoo.evaluate import FID_SAMPLES, evaluate, sample_quality
     from genzoo.trainer import pick_device
 
     device = pick_device(args.device)
     run = runs.load_run(args.run, device=device)
+    if args.fid:
+        positive("--batch-size", args.batch_size)
+        n = args.n or FID_SAMPLES
+        data = load_dataset(run.config.train.dataset)
+        options = sampler_options(args, run.model, run.model.sample, device, n)
+        options.pop("progress", None)
+        reference = None if args.reference == "auto" else args.reference
+        result = sample_quality(run.model, data, n, device, reference, args.batch_size,
+                                progress=sys.stderr.isatty(), **options)
+        out = args.run / "eval-fid.json"
+        runs.write_json(out, result)
+        print(format_quality(result))
+        print(f"written to {out}")
+        return 0
+    given = [flag for flag, value in (("--reference", args.reference != "auto"), ("--batch-size", args.batch_size != 500))
+             if value] + [f"--{k}" for k in ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip",
+                                             "temperature") if getattr(args, k) is not None]
+    if given:
+        raise ConfigError(f"{given[0]} applies to sample quality only; add --fid.")
     cfg = from_args(EvalConfig, args, base=EvalConfig(**type(run.model).eval_defaults))
     data = load_dataset(run.config.train.dataset)
     result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty())
@@ -239,6 +296,53 @@ def cmd_eval(args) -> int:
     runs.write_json(args.run / f"eval-{cfg.split}.json", result)
     print(format_metrics(result))
     print(f"written to {args.run / f'eval-{cfg.split}.json'}")
+    return 0
+
+
+def format_quality(result: dict) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in result["sampler"].items() if k != "y")
+    return "\n".join([
+        f"{result['family']} ({result['kind']}) on {result['dataset']}: {result['n_samples']} samples"
+        + (f" ({options})" if options else "") + f", {result['samples_per_s']:.1f} samples/s",
+        f"  FID {result['fid']:10.3f}",
+        f"  KID {result['kid']:10.5f}  (± {result['kid_stderr']:.5f} s.e., {result['kid_blocks']} blocks of "
+        f"{result['kid_block_size']})",
+        f"  against the {result['reference']}; features: {result['feature_net']}"])
+
+
+def cmd_bench(args) -> int:
+    from genzoo.bench import bench
+
+    positive("--fid-n", args.fid_n)
+    if not math.isfinite(args.budget_minutes) or args.budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be a positive number; got {args.budget_minutes}.")
+    if args.nll_n < 0:
+        raise ConfigError(f"--nll-n must be non-negative; got {args.nll_n}.")
+    reuse = {}
+    for item in args.run:
+        family, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--run takes FAMILY=RUN_FOLDER; got '{item}'.")
+        reuse[family] = Path(path)
+    command = "genzoo " + " ".join(shlex.quote(a) for a in args.argv)
+    table = bench(args.out, args.families + [f for f in reuse if f not in args.families], args.dataset,
+                  args.budget_minutes, args.fid_n, args.nll_n, args.device, reuse, args.leaderboard, command,
+                  progress=sys.stderr.isatty())
+    from genzoo.bench import leaderboard_markdown
+    print(leaderboard_markdown(table))
+    print(f"written to {args.leaderboard or args.out / 'LEADERBOARD.md'} and {args.out / 'leaderboard.json'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from genzoo.report import write_report
+
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out must name an .html file; got {args.out}.")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"--out: the folder {args.out.parent} does not exist.")
+    out = write_report(args.runs, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB, {len(args.runs)} run(s))")
     return 0
 
 
@@ -269,11 +373,15 @@ def cmd_theory(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list, "theory": cmd_theory}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report,
+            "list": cmd_list,
+            "theory": cmd_theory}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except GenzooError as e:

@@ -8,6 +8,7 @@ and bits per dimension on the 8-bit ``uint8`` view.
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 
 import torch
@@ -18,6 +19,7 @@ from genzoo.config import EvalConfig
 from genzoo.data.datasets import ImageDataset
 from genzoo.data.toy import TOY_DATASETS, ToySpec, grid_kl, mode_metrics
 from genzoo.data.views import get_view
+from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 
 EVAL_SEED = 0  # the noise of stochastic bounds (ELBO, IWAE) is drawn from this seed, for reproducible figures
@@ -114,4 +116,59 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
     if model.kind is DensityKind.BOUND and "nll" in per_example:
         out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"
         out["iwae_k"] = cfg.iwae_k
+    return out
+
+
+FID_SAMPLES = 10_000  # the number of samples of a reported FID/KID unless asked otherwise (stated with every figure)
+
+
+def default_reference(model: GenerativeModel) -> str:
+    """Bernoulli families are compared with the binarised test split (their samples drawn as Bernoulli pixels);
+    every other family with the grey test images."""
+    return "binary" if model.view == "binary" else "float"
+
+
+def draw_samples(model: GenerativeModel, n: int, device: torch.device, batch_size: int = 500,
+                 progress: bool = False, **sampler) -> tuple[torch.Tensor, float]:
+    """n samples [N x C x H x W] in [0, 1] on the CPU, drawn in seeded batches, and the samples per second."""
+    model.eval()
+    out = []
+    start = time.perf_counter()
+    with isolated_rng(EVAL_SEED, device):
+        gen = torch.Generator(device=device).manual_seed(EVAL_SEED)
+        bar = tqdm(range(0, n, batch_size), desc="sampling", unit="batch", disable=not progress or None, leave=False)
+        for s in bar:
+            options = {**sampler, "y": sampler["y"][s:s + batch_size]} if "y" in sampler else sampler
+            out.append(model.sample(min(batch_size, n - s), gen, **options).float().cpu())
+    return torch.cat(out), n / (time.perf_counter() - start)
+
+
+def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMPLES, device: torch.device | None = None,
+                   reference: str | None = None, batch_size: int = 500, progress: bool = False, **sampler) -> dict:
+    """FID and KID of n samples against the test split of ``data`` in genzoo's feature space (features.py).
+
+    FID uses the shipped reference statistics of all test images; KID compares the samples' features with the
+    test images' features in disjoint blocks of 1,000 and reports its standard error.
+    """
+    from genzoo import features, quality
+
+    device = device or torch.device("cpu")
+    reference = reference or default_reference(model)
+    net = features.feature_net(data.name)  # refuses data sets without a feature network before any sampling
+    mean, cov, n_ref = features.reference(data.name, reference)
+    samples, rate = draw_samples(model, n, device, batch_size, progress, **sampler)
+    if tuple(samples.shape[1:]) != tuple(data.test.images.shape[1:]):
+        raise ConfigError(f"samples of shape {tuple(samples.shape[1:])} cannot be scored against {data.name} "
+                          f"images of shape {tuple(data.test.images.shape[1:])}.")
+    if reference == "binary":  # a Bernoulli model's sample is a draw of its pixel probabilities
+        samples = torch.bernoulli(samples.clamp(0, 1), generator=torch.Generator().manual_seed(EVAL_SEED))
+    f = features.features(net, samples, batch_size)
+    f_ref = features.reference_features(data.name, reference)
+    out = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "view": model.view,
+           "fid": quality.frechet_distance(*quality.gaussian_statistics(f), mean, cov), "n_samples": n,
+           "reference": f"{data.name} test split, {reference} view, {n_ref} images",
+           "feature_net": f"genzoo SmallCNN penultimate layer ({features.FEATURE_DIM} features), test accuracy "
+                          f"{features.metadata(data.name)['test_accuracy']}",
+           "sampler": {k: (v[0].item() if k == "y" else v) for k, v in sampler.items()}, "samples_per_s": rate}
+    out.update(quality.kid(f, f_ref, generator=torch.Generator().manual_seed(EVAL_SEED)))
     return out

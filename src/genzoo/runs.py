@@ -65,6 +65,20 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; a missing or damaged one is a RunError that names it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such file.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is damaged: not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is damaged: not a JSON object.")
+    return data
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -102,12 +116,7 @@ def read_config(run_dir: Path) -> RunConfig:
         raise RunError(f"{run_dir} is not a run folder (no such directory).")
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run folder (it has no {CONFIG}).")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path} is damaged: not valid JSON ({e}).") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} is damaged: not a JSON object.")
+    data = read_json(path)
     missing = [k for k in ("family", "model", "train", "eval") if k not in data]
     if missing:
         raise RunError(f"{path} is damaged: it lacks {', '.join(missing)}.")

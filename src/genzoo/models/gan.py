@@ -81,13 +81,15 @@ class GAN(ImagesOrPoints):
     kind = DensityKind.IMPLICIT
     Config = GANConfig
     players = ("generator", "discriminator")
-    optimizer_options = {"betas": (0.5, 0.999)}  # DCGAN's momentum (Radford et al. 2016)
+    optimizer_options = {"betas": (0.5, 0.999)}  # DCGAN's momentum (Radford et al. 2016); WGAN-GP's in __init__
     train_defaults = {"lr": 2e-4, "epochs": 20}
     final_eval_defaults = {"n": 2500}
     points_defaults = {"train": {"lr": 1e-3, "epochs": 10}}
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, ...]):
         super().__init__(cfg, image_shape)
+        if cfg.loss == "wgan-gp":
+            self.optimizer_options = {"betas": (0.0, 0.9)}  # Gulrajani et al. 2017, Algorithm 1: no momentum
         if self.points:
             d = image_shape[0]
             self.generator = MLP(cfg.latent_dim, [cfg.hidden] * cfg.depth, d, activation="relu")
