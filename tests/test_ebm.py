@@ -101,3 +101,25 @@ def test_exploding_energies_stop_training_and_keep_the_last_good_checkpoint(tmp_
     with pytest.raises(TrainingDiverged, match=r"energies reached .* last good checkpoint .* \(step 4\) is kept"):
         train_run(cfg, tmp_path / "run", log=lambda m: None)
     assert (tmp_path / "run" / runs.CHECKPOINT).is_file()
+
+
+def test_ais_estimate_of_log_z_agrees_with_the_grid_on_toy_data(tmp_path, run_cli):
+    import json
+
+    code, _, err = run_cli("train", "ebm", "--dataset", "toy-ring", "--subset", "256", "--batch-size", "64",
+                           "--epochs", "2", "--hidden", "16", "--depth", "1", "--buffer-size", "64",
+                           "--sgld-steps", "5", "--out", tmp_path / "ebm", "--eval-n", "200")
+    assert code == 0, err
+    code, out, err = run_cli("eval", tmp_path / "ebm", "--n", "200", "--ais-chains", "200",
+                             "--ais-temperatures", "300", "--ais-step", "0.05")
+    assert code == 0, err
+    r = json.loads((tmp_path / "ebm" / "eval-test.json").read_text())
+    assert abs(r["log_z_ais"] - r["log_z_grid"]) < max(4 * r["log_z_ais_stderr"], 0.02)
+    assert r["log_z_ais_stderr"] < 0.05 and r["ais_ess"] > 50
+    # the NLL is E(x) averaged over the test points plus log Z
+    model = __import__("genzoo").load_run(tmp_path / "ebm").model
+    from genzoo.data import load_dataset
+    x = load_dataset("toy-ring").test.images[:200].float()
+    with torch.no_grad():
+        assert r["nll_ais_nats"] == pytest.approx(model.energy(x).double().mean().item() + r["log_z_ais"], rel=1e-6)
+    assert "log Z (AIS)" in out and "on the grid" in out

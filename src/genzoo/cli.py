@@ -247,7 +247,7 @@ def format_metrics(result: dict) -> str:
     lines = [f"{result['family']} ({result['kind']}) on {result['dataset']} {result['split']}, "
              f"{result['n_examples']} examples, {result['view']} view:"]
     for key, value in result.items():
-        if key.endswith("_nats"):
+        if key.endswith("_nats") and key != "kl_data_to_model_nats":  # the KL has a line of its own
             se = result.get(f"{key}_stderr", float("nan"))
             lines.append(f"  {key[:-5]:<10} {value:9.3f} nats  (± {se:.3f} s.e.)")
         elif key.endswith("_bits_per_dim"):
@@ -258,6 +258,11 @@ def format_metrics(result: dict) -> str:
     if "kl_data_to_model_nats" in result:
         lines.append(f"  KL(data || model) {result['kl_data_to_model_nats']:.4f} nats (model normalised on a "
                      f"{int(result['grid_points'] ** 0.5)}^2 grid)")
+    if "log_z_ais" in result:
+        lines.append(f"  log Z (AIS) {result['log_z_ais']:.3f} ± {result['log_z_ais_stderr']:.3f} s.e., "
+                     f"{result['ais_chains']} chains, {result['ais_temperatures']} temperatures, effective sample "
+                     f"size {result['ais_ess']:.1f}, MALA acceptance {result['ais_acceptance']:.2f}"
+                     + (f"; on the grid {result['log_z_grid']:.3f}" if "log_z_grid" in result else ""))
     for key in ("nll_estimator", "note"):
         if key in result:
             lines.append(f"  {result[key]}")

@@ -68,6 +68,11 @@ class EvalConfig:
     split: str = option("test", "split to score", choices=("train", "val", "test"))
     iwae_k: int = option(5000, "importance samples per example for the IWAE log-likelihood estimate", min=1)
     n: int = option(0, "score only the first N examples of the split (0 = all)", min=0)
+    ais_chains: int = option(0, "unnormalised models: estimate log Z by annealed importance sampling with this many "
+                                "chains, and so the NLL (0 = off)", min=0)
+    ais_temperatures: int = option(1000, "AIS: intermediate distributions between the uniform box and the model",
+                                   min=1)
+    ais_step: float = option(0.01, "AIS: MALA step size at the model's temperature (data units)", gt=0.0)
 
 
 def validate(cfg: Any, prefix: str = "--") -> Any:
