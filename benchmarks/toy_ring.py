@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,12 +30,13 @@ from genzoo.models import get_family  # noqa: E402
 from genzoo.trainer import train_run  # noqa: E402
 
 HERE = Path(__file__).parent
-RUNS = {
-    "gan-minimax": ("gan", {"loss": "minimax"}),
-    "gan-non-saturating": ("gan", {"loss": "non-saturating"}),
-    "gan-hinge": ("gan", {"loss": "hinge"}),
-    "gan-wgan-gp": ("gan", {"loss": "wgan-gp", "n_critic": 5}),
-    "ebm": ("ebm", {}),
+RUNS = {  # name: (family, model options, training options beyond the family's toy-ring defaults)
+    "gan-minimax": ("gan", {"loss": "minimax"}, {}),
+    "gan-non-saturating": ("gan", {"loss": "non-saturating"}, {}),
+    "gan-hinge": ("gan", {"loss": "hinge"}, {}),
+    "gan-wgan-gp": ("gan", {"loss": "wgan-gp", "n_critic": 5}, {}),
+    "gan-wgan-gp-lr1e-4": ("gan", {"loss": "wgan-gp", "n_critic": 5}, {"lr": 1e-4}),  # Gulrajani et al.'s lr
+    "ebm": ("ebm", {}, {}),
 }
 
 
@@ -44,6 +46,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--only", nargs="*", choices=tuple(RUNS), help="run only these")
+    p.add_argument("--redo", nargs="*", default=[], choices=tuple(RUNS),
+                   help="train these again from scratch (their folders and entries are replaced)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,12 +56,16 @@ def main() -> int:
     result.update({"benchmark": "toy_ring", "date": datetime.date.today().isoformat(), "machine": machine(),
                    "command": "python benchmarks/toy_ring.py " + " ".join(sys.argv[1:])})
     table = result.setdefault("runs", {})
-    for name, (family_name, model_options) in RUNS.items():
+    for name in args.redo:
+        table.pop(name, None)
+        shutil.rmtree(HERE / "results" / "toy_ring" / name, ignore_errors=True)
+    for name, (family_name, model_options, train_options) in RUNS.items():
         if (args.only and name not in args.only) or name in table:
             continue
         family = get_family(family_name)
         toy = family.points_defaults
-        train = {**family.train_defaults, **toy.get("train", {}), "dataset": "toy-ring", "seed": args.seed}
+        train = {**family.train_defaults, **toy.get("train", {}), **train_options, "dataset": "toy-ring",
+                 "seed": args.seed}
         if args.epochs:
             train["epochs"] = args.epochs
         model = dataclasses.replace(family.Config(**toy.get("model", {})), **model_options)

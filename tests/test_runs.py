@@ -1,6 +1,7 @@
 """Run folders: save -> load -> identical outputs, strict loading, damaged files, atomic writes."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -105,3 +106,40 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         runs.atomic_write(target, fails_halfway)
     assert json.loads(target.read_text()) == {"good": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_second_training_of_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
+    from conftest import tiny_vae_config
+
+    from genzoo import runs
+    from genzoo.errors import RunError
+    from genzoo.trainer import train_run
+
+    cfg = tiny_vae_config(epochs=1)
+    with runs.training_lock(tmp_path / "run"):  # as another process training it would
+        with pytest.raises(RunError, match=rf"is being trained by another process \(pid {os.getpid()}\)"):
+            train_run(cfg, tmp_path / "run", log=lambda m: None)
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [runs.LOCK]  # nothing else was written
+    train_run(cfg, tmp_path / "run", log=lambda m: None)  # released: the training goes ahead
+    assert (tmp_path / "run" / runs.SUMMARY).is_file()
+
+
+def test_the_lock_is_dropped_when_its_process_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from genzoo import runs
+
+    code = ("import sys, time; from genzoo import runs\n"
+            f"with runs.training_lock({str(tmp_path / 'run')!r}):\n    print('locked', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    from genzoo.errors import RunError
+    with pytest.raises(RunError, match=f"pid {child.pid}"), runs.training_lock(tmp_path / "run"):
+        pass
+    child.kill()  # SIGKILL: no clean-up runs in the child
+    child.wait()
+    time.sleep(0.1)
+    with runs.training_lock(tmp_path / "run"):
+        pass

@@ -163,7 +163,7 @@ def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
                          eval=from_args(EvalConfig, args, base=EvalConfig(**family.final_eval_defaults),
                                         prefix="eval-"))
     out = args.out if args.out is not None else default_out(args.family, cfg.train.dataset)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != runs.LOCK for p in out.iterdir())):
         raise ConfigError(f"{out} already exists and is not empty; continue that run with --resume, "
                           f"or choose another --out.")
     return cfg, out

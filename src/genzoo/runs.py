@@ -6,6 +6,7 @@
     metrics.jsonl             one JSON line per epoch (train loss, validation metrics, speed)
     summary.json              the final evaluation, wall time, images/s
     *.png                     the family's pictures and curves.png
+    .lock                     held (flock) by the process training the folder, so a second training is refused
 
 Nothing is ever unpickled: tensors live in safetensors files, everything else in JSON (the checkpoint's
 counters and optimizer hyper-parameters sit in the safetensors header's metadata). Every file is written to a
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,36 @@ def atomic_write(path: Path, write) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def training_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on RUN/.lock while training it: a second training of the same folder (two resumes,
+    or two benches) is refused instead of interleaving writes. The kernel drops the lock when the process ends,
+    however it ends, so a crash never leaves a folder locked. (Without fcntl, on Windows, nothing is locked.)"""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunError(f"{run_dir} is being trained by another process (pid {holder}); wait for it to end, "
+                           f"or train into another folder.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -356,13 +356,13 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
         data = data.subset(cfg.train.subset)
     torch.manual_seed(cfg.train.seed)
     model = runs.build_model(cfg, data.image_shape)
-    trainer = Trainer(model, out, cfg, data, log=log, progress_bar=progress_bar)
-    if resume and (out / runs.CHECKPOINT).is_file():
-        trainer.load_checkpoint()  # before anything is written: a damaged checkpoint changes nothing
-        log(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
-    out.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out / runs.CONFIG, cfg.to_json())
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} parameters, "
-        f"device {trainer.device}, run folder {out}")
-    return trainer.fit()
+    with runs.training_lock(out):
+        trainer = Trainer(model, out, cfg, data, log=log, progress_bar=progress_bar)
+        if resume and (out / runs.CHECKPOINT).is_file():
+            trainer.load_checkpoint()  # before anything else is written: a damaged checkpoint changes nothing
+            log(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+        runs.write_json(out / runs.CONFIG, cfg.to_json())
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} parameters, "
+            f"device {trainer.device}, run folder {out}")
+        return trainer.fit()
