@@ -44,15 +44,24 @@ CHECKPOINT_FORMAT = "genzoo-checkpoint-2"  # 2: one optimizer per player (optim.
 
 # --- atomic writes -------------------------------------------------------------------------------------
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename tmp over ``path``; ``path`` is never half-written."""
+    """Call write(tmp_path), fsync, then rename tmp over ``path``; ``path`` is never half-written. A write that
+    fails (a full disk, a file-size limit, no permission) is a RunError, and the previous ``path`` is intact."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}.") from None
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        what = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise RunError(f"could not write {path} ({what}); {kept}.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

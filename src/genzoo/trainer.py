@@ -357,6 +357,8 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
     torch.manual_seed(cfg.train.seed)
     model = runs.build_model(cfg, data.image_shape)
     with runs.training_lock(out):
+        for stale in out.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none is writing now
+            stale.unlink(missing_ok=True)
         trainer = Trainer(model, out, cfg, data, log=log, progress_bar=progress_bar)
         if resume and (out / runs.CHECKPOINT).is_file():
             trainer.load_checkpoint()  # before anything else is written: a damaged checkpoint changes nothing
