@@ -202,6 +202,10 @@ def test_bench_writes_one_table_with_what_each_density_kind_offers(bench_dir):
     md = (bench_dir / "LEADERBOARD.md").read_text()
     assert re.search(r"\| vae \| bound \| binary \| ≤ \d+\.\d{3} nats \| \d+\.\d\d \|", md)
     assert re.search(r"\| gan \| implicit \| float \| — \| \d+\.\d\d \|", md)
+    floor = {f["reference"].split(", ")[1]: f for f in table["floor"]}  # real training images, scored alike
+    assert set(floor) == {"binary view", "float view"} and all(f["n_samples"] == 200 for f in floor.values())
+    assert floor["float view"]["fid"] < gan["fid"] and floor["binary view"]["fid"] < vae["fid"]
+    assert "| *training images* | data | binary |" in md and "| *training images* | data | float |" in md
 
 
 def test_bench_picks_up_where_it_stopped(bench_dir):

@@ -21,7 +21,7 @@ from genzoo import runs
 from genzoo.config import EvalConfig, TrainConfig
 from genzoo.data import load_dataset
 from genzoo.errors import ConfigError
-from genzoo.evaluate import FID_SAMPLES, default_reference, sample_quality
+from genzoo.evaluate import FID_SAMPLES, data_quality, default_reference, sample_quality
 from genzoo.models import FAMILIES, get_family
 from genzoo.models.base import DensityKind
 
@@ -107,6 +107,16 @@ def format_nll(nll: dict) -> str:
     return f"{'≤ ' if nll['bound'] else ''}{nll['value']:.3f} {nll['unit']}"
 
 
+def floor_stage(out: Path, dataset: str, n: int, reference: str) -> dict:
+    """FID/KID of n training images against the test reference: what a perfect model would score at this n."""
+    path = out / f"data-{reference}-{n}.json"
+    if path.is_file():
+        return runs.read_json(path)
+    result = data_quality(load_dataset(dataset), n, reference)
+    runs.write_json(path, result)
+    return result
+
+
 def leaderboard_markdown(table: dict) -> str:
     lines = [f"# genzoo leaderboard: {table['dataset']}", "",
              f"Written by `{table['command']}` on {table['date']} ({table['machine']}). Each family trained with "
@@ -124,6 +134,13 @@ def leaderboard_markdown(table: dict) -> str:
         lines.append(f"| {r['family']} | {r['kind']} | {r['view']} | {format_nll(r['nll'])} | {r['fid']:.2f} | "
                      f"{1e3 * r['kid']:.2f} (± {1e3 * r['kid_stderr']:.2f}) | {r['fid_samples']} | {ref} | "
                      f"{r['epochs']} | {r['train_minutes']:.1f} | {r['samples_per_s']:.1f} |")
+    for f in table.get("floor", []):
+        ref = f["reference"].split(", ")[1]
+        lines.append(f"| *training images* | data | {ref.split()[0]} | — | {f['fid']:.2f} | {1e3 * f['kid']:.2f} "
+                     f"(± {1e3 * f['kid_stderr']:.2f}) | {f['n_samples']} | {ref} | — | — | — |")
+    if table.get("floor"):
+        lines += ["", "The *training images* rows score real digits the same way: the floor a perfect model would "
+                      "reach with as many samples (FID is biased upwards by few samples; KID is unbiased)."]
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +177,13 @@ def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes
             summary = train_stage(family, run_dir, dataset, budget_minutes, nll_n, device, log, progress)
         fid = fid_stage(run_dir, fid_n, torch_device, log, progress)
         table["rows"].append(row(family, run_dir, summary, fid))
-        runs.write_json(out / "leaderboard.json", table)
-        runs.atomic_write(leaderboard, lambda tmp: Path(tmp).write_text(leaderboard_markdown(table)))
+        write_tables(table, out, leaderboard)
+    references = sorted({r["fid_reference"].split(", ")[1].split()[0] for r in table["rows"]})
+    table["floor"] = [floor_stage(out, dataset, fid_n, ref) for ref in references]
+    write_tables(table, out, leaderboard)
     return table
+
+
+def write_tables(table: dict, out: Path, leaderboard: Path) -> None:
+    runs.write_json(out / "leaderboard.json", table)
+    runs.atomic_write(leaderboard, lambda tmp: Path(tmp).write_text(leaderboard_markdown(table)))

@@ -177,7 +177,7 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
     FID uses the shipped reference statistics of all test images; KID compares the samples' features with the
     test images' features in disjoint blocks of 1,000 and reports its standard error.
     """
-    from genzoo import features, quality
+    from genzoo import features
 
     device = device or torch.device("cpu")
     reference = reference or default_reference(model)
@@ -189,13 +189,32 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
                           f"images of shape {tuple(data.test.images.shape[1:])}.")
     if reference == "binary":  # a Bernoulli model's sample is a draw of its pixel probabilities
         samples = torch.bernoulli(samples.clamp(0, 1), generator=torch.Generator().manual_seed(EVAL_SEED))
-    f = features.features(net, samples, batch_size)
-    f_ref = features.reference_features(data.name, reference)
     out = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "view": model.view,
-           "fid": quality.frechet_distance(*quality.gaussian_statistics(f), mean, cov), "n_samples": n,
-           "reference": f"{data.name} test split, {reference} view, {n_ref} images",
-           "feature_net": f"genzoo SmallCNN penultimate layer ({features.FEATURE_DIM} features), test accuracy "
-                          f"{features.metadata(data.name)['test_accuracy']}",
+           **_scores(net, samples, data.name, reference, n_ref, mean, cov, batch_size),
            "sampler": {k: (v[0].item() if k == "y" else v) for k, v in sampler.items()}, "samples_per_s": rate}
-    out.update(quality.kid(f, f_ref, generator=torch.Generator().manual_seed(EVAL_SEED)))
     return out
+
+
+def _scores(net, images, dataset, reference, n_ref, mean, cov, batch_size) -> dict:
+    from genzoo import features, quality
+
+    f = features.features(net, images, batch_size)
+    return {"fid": quality.frechet_distance(*quality.gaussian_statistics(f), mean, cov), "n_samples": len(images),
+            "reference": f"{dataset} test split, {reference} view, {n_ref} images",
+            "feature_net": f"genzoo SmallCNN penultimate layer ({features.FEATURE_DIM} features), test accuracy "
+                           f"{features.metadata(dataset)['test_accuracy']}",
+            **quality.kid(f, features.reference_features(dataset, reference),
+                          generator=torch.Generator().manual_seed(EVAL_SEED))}
+
+
+def data_quality(data: ImageDataset, n: int, reference: str, batch_size: int = 500) -> dict:
+    """FID and KID of the first n training images (in the reference's view) against the test reference: the
+    floor a perfect model would reach with n samples (FID is biased upwards at small n)."""
+    from genzoo import features
+
+    net = features.feature_net(data.name)
+    mean, cov, n_ref = features.reference(data.name, reference)
+    images = data.train.images[:n]
+    images = get_view("binary").eval_data(images, "train") if reference == "binary" else images.float() / 255.0
+    return {"family": "data", "dataset": data.name, **_scores(net, images, data.name, reference, n_ref, mean, cov,
+                                                               batch_size)}
