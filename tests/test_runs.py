@@ -143,3 +143,62 @@ def test_the_lock_is_dropped_when_its_process_is_killed(tmp_path):
     time.sleep(0.1)
     with runs.training_lock(tmp_path / "run"):
         pass
+
+
+class _Payload:
+    """Unpickling this creates a marker file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "checkpoint.safetensors"])
+def test_a_pickle_in_place_of_the_weights_executes_nothing_and_is_refused(tmp_path, name):
+    import pickle
+
+    from conftest import tiny_vae_config
+
+    from genzoo.trainer import train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_vae_config(epochs=1), run, log=lambda m: None)
+    marker = tmp_path / "pwned"
+    (run / name).write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(RunError, match="not a readable safetensors file"):
+        if name == runs.MODEL:
+            load_run(run)
+        else:
+            train_run(tiny_vae_config(epochs=2), run, resume=True, log=lambda m: None)
+    assert not marker.exists()
+
+
+def test_a_run_folder_with_only_a_torch_save_file_explains_the_refusal(tmp_path):
+    import pickle
+
+    from conftest import tiny_vae_config
+
+    from genzoo.trainer import train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_vae_config(epochs=1), run, log=lambda m: None)
+    (run / runs.MODEL).unlink()
+    marker = tmp_path / "pwned"
+    (run / "model.pt").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(RunError, match=r"only model\.pt, a pickle file; genzoo never unpickles"):
+        load_run(run)
+    assert not marker.exists()
+
+
+def test_a_safetensors_header_that_lies_about_its_sizes_is_refused(tmp_path):
+    import struct
+
+    from genzoo.errors import RunError
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4 << 40]}}).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)  # claims 4 TiB, holds 16 bytes
+    with pytest.raises(RunError, match="not a readable safetensors file"):
+        runs.load_tensors(path)

@@ -73,6 +73,7 @@ def atomic_write(path: Path, write) -> None:
 
 
 LOCK = ".lock"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")  # torch.save and pickle files: never loaded
 
 
 @contextmanager
@@ -222,6 +223,11 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     model = build_model(cfg, data_shape(cfg.train.dataset))
     weights_path = path / MODEL
     if not weights_path.is_file():
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise RunError(f"{path} has no {MODEL}, only {pickled[0]}, a pickle file; genzoo never unpickles "
+                           f"(loading a pickle can run any code it holds), so convert the weights to safetensors "
+                           f"where you trust them.")
         raise RunError(f"{path} has no {MODEL} yet (has its training written a checkpoint?).")
     tensors, _ = load_tensors(weights_path)
     load_weights(model, tensors, weights_path)
