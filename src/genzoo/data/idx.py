@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -41,10 +43,15 @@ def read_bytes(path: str | Path) -> bytes:
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror}).") from None
     if path.suffix == ".gz":
+        limit = MAX_PAYLOAD_BYTES + 4 + 4 * 255  # the largest IDX file genzoo accepts: no decompression bomb
         try:
-            return gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+                data = f.read(limit + 1)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: not a valid gzip file, or cut off ({e}).") from None
+        if len(data) > limit:
+            raise DataError(f"{path}: decompresses to more than {limit} bytes, more than genzoo accepts.")
+        return data
     return raw
 
 
@@ -70,7 +77,7 @@ def parse_idx(data: bytes, name: str = "<bytes>", expect_ndim: int | None = None
                         f"{ndim} dimensions {tuple(shape)}; is this the wrong kind of file?")
     if expect_dtype is not None and dtype != np.dtype(expect_dtype):
         raise DataError(f"{name}: expected IDX data of type {np.dtype(expect_dtype)} but found {dtype}.")
-    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n_bytes = math.prod(shape) * dtype.itemsize  # Python integers: no overflow whatever the header claims
     if n_bytes > MAX_PAYLOAD_BYTES:
         raise DataError(f"{name}: IDX header claims {n_bytes} bytes of data, more than genzoo accepts.")
     payload = len(data) - header_len
