@@ -102,7 +102,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             f.write('{"half')
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(RunError, match=r"could not write .*summary.json \(No space left on device\); the "
+                                       r"previous file is intact"):
         runs.atomic_write(target, fails_halfway)
     assert json.loads(target.read_text()) == {"good": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
