@@ -200,7 +200,7 @@ def test_bench_writes_one_table_with_what_each_density_kind_offers(bench_dir):
     assert vae["fid_samples"] == gan["fid_samples"] == 200 and vae["fid"] > 0 and gan["fid"] > 0
     assert "binary view" in vae["fid_reference"] and "float view" in gan["fid_reference"]
     md = (bench_dir / "LEADERBOARD.md").read_text()
-    assert re.search(r"\| vae \| bound \| binary \| ≤ \d+\.\d{3} nats \| \d+\.\d\d \|", md)
+    assert re.search(r"\| vae \| bound \| binary \| ≤ \d+\.\d{3} nats \(20 images\) \| \d+\.\d\d \|", md)
     assert re.search(r"\| gan \| implicit \| float \| — \| \d+\.\d\d \|", md)
     floor = {f["reference"].split(", ")[1]: f for f in table["floor"]}  # real training images, scored alike
     assert set(floor) == {"binary view", "float view"} and all(f["n_samples"] == 200 for f in floor.values())

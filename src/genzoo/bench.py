@@ -76,10 +76,18 @@ def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], 
     return result
 
 
-def nll_entry(summary: dict) -> dict:
-    """The test NLL of the trainer's final evaluation in the family's units, or None for implicit and
-    unnormalised models."""
-    ev = summary.get("eval", {})
+def best_test_eval(run_dir: Path, summary: dict) -> dict:
+    """The test evaluation on the most examples: the trainer's final one, or RUN/eval-test.json of `genzoo eval`."""
+    candidates = [summary.get("eval", {})]
+    if (run_dir / "eval-test.json").is_file():
+        candidates.append(runs.read_json(run_dir / "eval-test.json"))
+    return max(candidates, key=lambda e: e.get("n_examples", 0))
+
+
+def nll_entry(summary: dict, ev: dict | None = None) -> dict:
+    """The test NLL of an evaluation (default: the trainer's final one) in the family's units, or None for
+    implicit and unnormalised models."""
+    ev = summary.get("eval", {}) if ev is None else ev
     kind = DensityKind(summary["kind"])
     if kind in (DensityKind.IMPLICIT, DensityKind.UNNORMALISED):
         return {"value": None, "unit": None, "bound": None, "n_examples": None}
@@ -95,7 +103,7 @@ def nll_entry(summary: dict) -> dict:
 
 def row(family: str, run_dir: Path, summary: dict, fid: dict) -> dict:
     return {"family": family, "kind": summary["kind"], "view": summary["view"], "run": str(run_dir),
-            "nll": nll_entry(summary), "fid": fid["fid"], "kid": fid["kid"], "kid_stderr": fid["kid_stderr"],
+            "nll": nll_entry(summary, best_test_eval(run_dir, summary)), "fid": fid["fid"], "kid": fid["kid"], "kid_stderr": fid["kid_stderr"],
             "fid_samples": fid["n_samples"], "fid_reference": fid["reference"],
             "train_minutes": summary["train_wall_time_s"] / 60, "epochs": summary["epochs_completed"],
             "samples_per_s": fid["samples_per_s"], "parameters": summary["parameters"]}
@@ -104,7 +112,7 @@ def row(family: str, run_dir: Path, summary: dict, fid: dict) -> dict:
 def format_nll(nll: dict) -> str:
     if nll["value"] is None:
         return "—"
-    return f"{'≤ ' if nll['bound'] else ''}{nll['value']:.3f} {nll['unit']}"
+    return f"{'≤ ' if nll['bound'] else ''}{nll['value']:.3f} {nll['unit']} ({nll['n_examples']} images)"
 
 
 def floor_stage(out: Path, dataset: str, n: int, reference: str) -> dict:
@@ -120,24 +128,30 @@ def floor_stage(out: Path, dataset: str, n: int, reference: str) -> dict:
 def leaderboard_markdown(table: dict) -> str:
     lines = [f"# genzoo leaderboard: {table['dataset']}", "",
              f"Written by `{table['command']}` on {table['date']} ({table['machine']}). Each family trained with "
-             f"its preset within {table['budget_minutes']:g} minutes (unless a finished run was reused). "
+             f"its preset within {table['budget_minutes']:g} minutes, unless its finished run was reused (listed "
+             "below). "
              "Test NLL in the units of the family's data view: nats per image on the fixed binarisation for "
              "the Bernoulli families, bits per dimension on the 8-bit data otherwise; '≤' marks an upper bound "
              "(an ELBO, an IWAE or a dequantisation bound); '—' where the density kind offers no likelihood. "
              "FID and KID in genzoo's feature space (a small classifier's penultimate layer, not Inception: "
-             "comparable only with genzoo's own figures), against the reference named per row.", "",
-             "| family | density kind | view | test NLL | FID | KID ×10³ (± s.e.) | FID samples | reference "
+             "comparable only with genzoo's own figures; KID is in the same units, hence large), against the "
+             "reference named per row.", "",
+             "| family | density kind | view | test NLL (test images) | FID | KID (± s.e.) | FID samples | reference "
              "| epochs | train min | samples/s |",
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in table["rows"]:
         ref = r["fid_reference"].split(", ")[1]
         lines.append(f"| {r['family']} | {r['kind']} | {r['view']} | {format_nll(r['nll'])} | {r['fid']:.2f} | "
-                     f"{1e3 * r['kid']:.2f} (± {1e3 * r['kid_stderr']:.2f}) | {r['fid_samples']} | {ref} | "
+                     f"{r['kid']:.3g} (± {r['kid_stderr']:.2g}) | {r['fid_samples']} | {ref} | "
                      f"{r['epochs']} | {r['train_minutes']:.1f} | {r['samples_per_s']:.1f} |")
     for f in table.get("floor", []):
         ref = f["reference"].split(", ")[1]
-        lines.append(f"| *training images* | data | {ref.split()[0]} | — | {f['fid']:.2f} | {1e3 * f['kid']:.2f} "
-                     f"(± {1e3 * f['kid_stderr']:.2f}) | {f['n_samples']} | {ref} | — | — | — |")
+        lines.append(f"| *training images* | data | {ref.split()[0]} | — | {f['fid']:.2f} | {f['kid']:.3g} "
+                     f"(± {f['kid_stderr']:.2g}) | {f['n_samples']} | {ref} | — | — | — |")
+    reused = [r for r in table["rows"] if r.get("reused")]
+    if reused:
+        lines += ["", "Reused runs (trained elsewhere, e.g. by the benchmarks of BENCHMARKS.md): "
+                  + ", ".join(f"{r['family']} = `{r['run']}`" for r in reused) + "."]
     if table.get("floor"):
         lines += ["", "The *training images* rows score real digits the same way: the floor a perfect model would "
                       "reach with as many samples (FID is biased upwards by few samples; KID is unbiased)."]
@@ -176,7 +190,7 @@ def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes
         else:
             summary = train_stage(family, run_dir, dataset, budget_minutes, nll_n, device, log, progress)
         fid = fid_stage(run_dir, fid_n, torch_device, log, progress)
-        table["rows"].append(row(family, run_dir, summary, fid))
+        table["rows"].append({**row(family, run_dir, summary, fid), "reused": family in reuse})
         write_tables(table, out, leaderboard)
     references = sorted({r["fid_reference"].split(", ")[1].split()[0] for r in table["rows"]})
     table["floor"] = [floor_stage(out, dataset, fid_n, ref) for ref in references]

@@ -310,7 +310,7 @@ def format_quality(result: dict) -> str:
         f"{result['family']} ({result['kind']}) on {result['dataset']}: {result['n_samples']} samples"
         + (f" ({options})" if options else "") + f", {result['samples_per_s']:.1f} samples/s",
         f"  FID {result['fid']:10.3f}",
-        f"  KID {result['kid']:10.5f}  (± {result['kid_stderr']:.5f} s.e., {result['kid_blocks']} blocks of "
+        f"  KID {result['kid']:10.4g}  (± {result['kid_stderr']:.2g} s.e., {result['kid_blocks']} blocks of "
         f"{result['kid_block_size']})",
         f"  against the {result['reference']}; features: {result['feature_net']}"])
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from genzoo import runs
-from genzoo.bench import format_nll, nll_entry
+from genzoo.bench import best_test_eval, format_nll, nll_entry
 from genzoo.errors import RunError
 
 PICTURES = {  # file stem -> caption, in the order they are shown
@@ -79,9 +79,9 @@ def leaderboard_rows(records: list[dict]) -> list[dict]:
     for r in records:
         s, fid = r["summary"], r["evals"].get("eval-fid")
         rows.append({"run": str(r["dir"]), "family": s["family"], "kind": s["kind"], "view": s["view"],
-                     "dataset": s["dataset"], "nll": format_nll(nll_entry(s)),
+                     "dataset": s["dataset"], "nll": format_nll(nll_entry(s, best_test_eval(r["dir"], s))),
                      "fid": f"{fid['fid']:.2f}" if fid else "—",
-                     "kid": f"{1e3 * fid['kid']:.2f} ± {1e3 * fid['kid_stderr']:.2f}" if fid else "—",
+                     "kid": f"{fid['kid']:.3g} ± {fid['kid_stderr']:.2g}" if fid else "—",
                      "fid_samples": str(fid["n_samples"]) if fid else "—",
                      "train_minutes": f"{s['train_wall_time_s'] / 60:.1f}", "epochs": str(s["epochs_completed"])})
     return rows
@@ -113,7 +113,7 @@ def render(records: list[dict], title: str = "genzoo report") -> str:
              "genzoo's feature space.</p>",
              "<h2>Leaderboard</h2>",
              '<div id="leaderboard">' + _table(
-                 ["run", "family", "density kind", "view", "data", "test NLL", "FID", "KID ×10³", "FID samples",
+                 ["run", "family", "density kind", "view", "data", "test NLL", "FID", "KID", "FID samples",
                   "epochs", "train min"],
                  [[b["run"], b["family"], b["kind"], b["view"], b["dataset"], b["nll"], b["fid"], b["kid"],
                    b["fid_samples"], b["epochs"], b["train_minutes"]] for b in board], numeric={5, 6, 7, 8, 9, 10})
