@@ -175,6 +175,8 @@ def cmd_train(args) -> int:
     cfg, out = resolve_train_config(args)
     summary = train_run(cfg, out, resume=args.resume, log=lambda m: print(m, flush=True),
                         progress_bar=sys.stderr.isatty())
+    if not summary:  # a rank other than 0 of a distributed training: rank 0 reports
+        return 0
     print(format_metrics(summary["eval"]))
     print(f"{summary['steps']} steps in {summary['train_wall_time_s']:.1f} s ({summary['images_per_s']:.0f} images/s); "
           f"pictures and metrics in {out}")

@@ -9,10 +9,14 @@ saving) or on a non-finite loss (keeping the last good checkpoint).
 
 Resuming is exact on CPU: the data order of an epoch depends only on (seed, epoch), and the checkpoint holds
 the torch and data RNG states, so a resumed run takes the same steps as an uninterrupted one.
+
+Launched by torchrun, the same loop trains data-parallel with DistributedDataParallel: see distributed.py for
+how the batch is divided, what is agreed across ranks and what only rank 0 does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -26,7 +30,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from genzoo import runs
+from genzoo import distributed, runs
 from genzoo.data.datasets import ImageDataset, load_dataset
 from genzoo.data.views import batch_indices, get_view
 from genzoo.errors import ConfigError, GenzooError, ModelDiverged, RunError, TrainingDiverged
@@ -78,14 +82,19 @@ class Progress:
 
 class Trainer:
     def __init__(self, model: GenerativeModel, run_dir: Path, cfg: runs.RunConfig, data: ImageDataset,
-                 log: Callable[[str], None] = print, progress_bar: bool = True):
+                 log: Callable[[str], None] = print, progress_bar: bool = True,
+                 ctx: distributed.Context = distributed.Context()):
         self.cfg, self.tcfg = cfg, cfg.train
         self.run_dir = Path(run_dir)
         self.data = data
-        self.log = log
-        self.progress_bar = progress_bar
-        self.device = pick_device(self.tcfg.device)
+        self.ctx = ctx
+        distributed.check_batch(ctx, self.tcfg.batch_size)
+        self.log = log if ctx.is_main else (lambda message: None)
+        self.progress_bar = progress_bar and ctx.is_main
+        self.device = distributed.device_for(ctx, pick_device(self.tcfg.device))
         self.model = model.to(self.device)
+        # what runs the loss methods: the DDP wrapper (which averages gradients across ranks) or the model
+        self.net = distributed.wrap(self.model, ctx, self.device, len(model.players), model.ddp_broadcast_buffers)
         self.view = get_view(model.view)
         self.optimizers = {player: torch.optim.Adam(self.model.player_parameters(player), lr=self.tcfg.lr,
                                                     weight_decay=self.tcfg.weight_decay, **model.optimizer_options)
@@ -107,6 +116,8 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        if not self.ctx.is_main:  # the ranks hold the same weights and optimizer states; rank 0 writes
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
@@ -214,7 +225,7 @@ class Trainer:
             raise ConfigError(f"--batch-size {t.batch_size} is larger than the training split ({n} examples).")
         steps_per_epoch = n // t.batch_size
         while s.epoch < t.epochs:
-            if self._budget_spent():
+            if self._should_stop()[1]:
                 return False
             self.model.train()
             bar = tqdm(total=steps_per_epoch, initial=s.batch, desc=f"epoch {s.epoch + 1}/{t.epochs}", unit="step",
@@ -236,19 +247,26 @@ class Trainer:
                 tick = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{s.epoch_examples / max(s.epoch_seconds, 1e-9):.0f}")
-                if self._stop_signal is not None or self._budget_spent():
+                signalled, spent = self._should_stop()
+                if signalled or spent:
                     break
             bar.close()
-            if self._stop_signal is not None:
+            if signalled:
                 self.save_checkpoint()
                 name = signal.Signals(self._stop_signal).name
                 raise Interrupted(f"stopped by {name} after step {s.step} (epoch {s.epoch + 1}); the checkpoint in "
                                   f"{self.run_dir} is complete: continue with --resume.")
             if s.batch < steps_per_epoch:  # stopped by --max-steps or --time-limit within the epoch
-                self.metrics.append(self._epoch_row(partial=True))
-                runs.write_metrics(self.run_dir, self.metrics)
+                if self.ctx.is_main:
+                    self.metrics.append(self._epoch_row(partial=True))
+                    runs.write_metrics(self.run_dir, self.metrics)
                 self.save_checkpoint()
                 return False
+            if not self.ctx.is_main:  # the other ranks only train
+                s.epoch += 1
+                s.batch = 0
+                s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0.0, 0, 0.0
+                continue
             row = self._epoch_row(partial=False)
             warnings = self.eval_model.diagnose(row)
             if warnings:
@@ -264,11 +282,20 @@ class Trainer:
                 self.log(f"warning: {warning}")
         return True
 
+    def _should_stop(self) -> tuple[bool, bool]:
+        """(a signal arrived, the budget is spent), agreed across ranks so that all stop at the same step."""
+        signalled, spent = self._stop_signal is not None, self._budget_spent()
+        if self.ctx.active:
+            signalled = distributed.any_rank(signalled, self.ctx, self.device)
+            spent = distributed.any_rank(spent, self.ctx, self.device)
+        return signalled, spent
+
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        x = self.view.train_batch(images, self.data_gen)
+        x = self.view.train_batch(images, self.data_gen)  # the global batch, drawn alike on every rank
+        x, labels = distributed.shard(x, self.ctx), distributed.shard(labels, self.ctx)
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.precision == "bf16"):
-                value = self.model.train_step(x, labels, self.state.step, self._update)
+                value = self.model.train_step(x, labels, self.state.step, self._update, self.net)
         except ModelDiverged as e:
             raise TrainingDiverged(self._diverged(str(e))) from None
         if self.ema is not None:
@@ -280,7 +307,7 @@ class Trainer:
         assert losses.shape == (losses.shape[0],) and losses.shape[0] > 0, \
             f"loss must be per example, got shape {tuple(losses.shape)}"
         loss = losses.float().mean()
-        value = loss.item()
+        value = distributed.mean(loss.item(), self.ctx, self.device)  # every rank sees the same value and verdict
         if not math.isfinite(value):
             who = "" if player == "model" else f" of the {player}"
             raise TrainingDiverged(self._diverged(f"the loss{who} became {value}") + "; try a lower --lr or --grad-clip.")
@@ -324,7 +351,9 @@ class Trainer:
 
     # --- the end -------------------------------------------------------------------------------
     def finish(self, finished: bool) -> dict:
-        """Score the model, draw its pictures and curves, and write summary.json."""
+        """Score the model, draw its pictures and curves, and write summary.json (rank 0 only)."""
+        if not self.ctx.is_main:
+            return {}
         model = self.eval_model
         model.eval()
         result = evaluate(model, self.data, self.cfg.eval, self.device, progress=self.progress_bar)
@@ -349,22 +378,33 @@ class Trainer:
 
 def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callable[[str], None] = print,
               progress_bar: bool = False) -> dict:
-    """Train (or, with ``resume``, continue) the run ``cfg`` in folder ``out``; returns its summary."""
+    """Train (or, with ``resume``, continue) the run ``cfg`` in folder ``out``; returns its summary (an empty
+    dict on the ranks other than 0 of a distributed training)."""
     out = Path(out)
-    data = load_dataset(cfg.train.dataset)
-    if cfg.train.subset:
-        data = data.subset(cfg.train.subset)
-    torch.manual_seed(cfg.train.seed)
-    model = runs.build_model(cfg, data.image_shape)
-    with runs.training_lock(out):
-        for stale in out.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none is writing now
-            stale.unlink(missing_ok=True)
-        trainer = Trainer(model, out, cfg, data, log=log, progress_bar=progress_bar)
-        if resume and (out / runs.CHECKPOINT).is_file():
-            trainer.load_checkpoint()  # before anything else is written: a damaged checkpoint changes nothing
-            log(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
-        runs.write_json(out / runs.CONFIG, cfg.to_json())
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} parameters, "
-            f"device {trainer.device}, run folder {out}")
-        return trainer.fit()
+    ctx = distributed.init(pick_device(cfg.train.device))  # under torchrun, all ranks meet before any writes
+    try:
+        data = load_dataset(cfg.train.dataset)
+        if cfg.train.subset:
+            data = data.subset(cfg.train.subset)
+        torch.manual_seed(cfg.train.seed)
+        model = runs.build_model(cfg, data.image_shape)
+        with runs.training_lock(out) if ctx.is_main else contextlib.nullcontext():
+            if ctx.is_main:
+                for stale in out.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none writes
+                    stale.unlink(missing_ok=True)
+            trainer = Trainer(model, out, cfg, data, log=log, progress_bar=progress_bar, ctx=ctx)
+            if resume and (out / runs.CHECKPOINT).is_file():
+                trainer.load_checkpoint()  # before anything else is written: a damaged checkpoint changes nothing
+                trainer.log(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+            if ctx.active:  # each rank draws the model's own noise (z, epsilon, Langevin) from its own stream
+                torch.manual_seed(cfg.train.seed + 7919 * (ctx.rank + 1) + trainer.state.step)
+            if ctx.is_main:
+                runs.write_json(out / runs.CONFIG, cfg.to_json())
+            n_params = sum(p.numel() for p in model.parameters())
+            trainer.log(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} "
+                        f"parameters, device {trainer.device}"
+                        + (f" x {ctx.world} processes" if ctx.active else "") + f", run folder {out}")
+            return trainer.fit()
+    finally:
+        if ctx.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

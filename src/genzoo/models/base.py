@@ -48,6 +48,7 @@ class GenerativeModel(nn.Module):
     final_eval_defaults: ClassVar[dict] = {}  # EvalConfig values for the evaluation that ends `genzoo train`
     players: ClassVar[tuple[str, ...]] = ("model",)  # parameter sets, each with its own optimizer
     optimizer_options: ClassVar[dict] = {}  # extra Adam arguments (e.g. the GAN's betas)
+    ddp_broadcast_buffers: ClassVar[bool] = True  # DDP copies rank 0's buffers (e.g. batch-norm statistics) to all
     takes_points: ClassVar[bool] = False  # True for the families that also train on 2-D toy data (view "points")
     points_defaults: ClassVar[dict] = {}  # {"model": {...}, "train": {...}}: the defaults on 2-D toy data
 
@@ -64,11 +65,20 @@ class GenerativeModel(nn.Module):
         """
         raise NotImplementedError
 
+    def forward(self, method: str, *args, **kwargs):
+        """Call the loss method ``method`` by name. The trainer calls the loss methods this way, through the
+        DistributedDataParallel wrapper when training on several processes: DDP all-reduces the gradients of
+        whatever ran in its forward."""
+        return getattr(self, method)(*args, **kwargs)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None, step: int,
-                   update: Callable[[str, torch.Tensor], float]) -> float:
+                   update: Callable[[str, torch.Tensor], float], call: Callable | None = None) -> float:
         """One optimisation step on a batch; returns the loss to log. ``update(player, losses [N])`` reduces the
-        losses, back-propagates and steps that player's optimizer. One-player families keep this default."""
-        return update("model", self.loss(x, y))
+        losses, back-propagates and steps that player's optimizer; ``call(method, *args)`` runs a loss method
+        (through DDP in distributed training; the model itself otherwise). One-player families keep this
+        default."""
+        call = call or self
+        return update("model", call("loss", x, y))
 
     def player_parameters(self, player: str) -> list[nn.Parameter]:
         """The parameters the optimizer of ``player`` steps."""

@@ -58,6 +58,7 @@ class EBM(ImagesOrPoints):
     train_defaults = {"lr": 1e-4, "epochs": 10}
     final_eval_defaults = {"n": 2500}
     # modes of std 0.02 need SGLD steps of that order (toy-ring: 8 of 8 modes, 90% high-quality samples)
+    ddp_broadcast_buffers = False  # each rank keeps its own replay buffer of chains (genzoo.distributed)
     points_defaults = {"model": {"step_size": 0.01, "noise": 0.01, "energy_reg": 0.1}, "train": {"lr": 1e-3, "epochs": 5}}
 
     def __init__(self, cfg: EBMConfig, image_shape: tuple[int, ...]):

@@ -119,13 +119,19 @@ class GAN(ImagesOrPoints):
             losses = losses + self.cfg.gp_weight * gradient_penalty(self.logits, real, fake)
         return losses
 
-    def train_step(self, x, y, step, update) -> float:
+    def train_step(self, x, y, step, update, call=None) -> float:
+        call = call or self
         real = self.to_model_space(x)
-        fake = self.generate(real.shape[0]).detach()
-        value = update("discriminator", self.discriminator_loss(real, fake))
+        with torch.no_grad():
+            fake = self.generate(real.shape[0])
+        value = update("discriminator", call("discriminator_loss", real, fake))
         if (step + 1) % self.cfg.n_critic == 0:
-            update("generator", generator_losses(self.cfg.loss, self.logits(self.generate(real.shape[0]))))
+            update("generator", call("generator_loss", real.shape[0]))
         return value
+
+    def generator_loss(self, n: int) -> torch.Tensor:
+        """The generator's loss on n fresh fakes, [n]."""
+        return generator_losses(self.cfg.loss, self.logits(self.generate(n)))
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The discriminator's loss on x against as many fresh fakes, [N]."""

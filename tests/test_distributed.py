@@ -1,0 +1,84 @@
+"""Data-parallel training with torchrun: two gloo processes on this CPU against one process."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from genzoo import runs
+
+TINY = ["--subset", "256", "--channels", "8", "--layers", "2", "--head-channels", "16", "--eval-n", "16",
+        "--seed", "1"]
+
+
+def genzoo(*argv, nproc=0):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
+        else [sys.executable]
+    return subprocess.run([*launcher, "-m", "genzoo", *map(str, argv)], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def weights(run):
+    return runs.load_tensors(run / runs.MODEL)[0]
+
+
+def max_difference(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def pixelcnn_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    ddp = genzoo("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", "--out", root / "ddp", nproc=2)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one = genzoo("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", "--out", root / "one")
+    assert one.returncode == 0, one.stderr[-2000:]
+    return root, ddp
+
+
+def test_two_processes_train_to_the_weights_of_one_process_with_the_same_global_batch(pixelcnn_runs, tmp_path):
+    root, _ = pixelcnn_runs
+    assert max_difference(weights(root / "ddp"), weights(root / "one")) < 1e-5
+    # and the averaging matters: one process that sees only rank 0's half of each batch ends elsewhere
+    half = genzoo("train", "pixelcnn", *TINY, "--batch-size", "16", "--max-steps", "6", "--out", tmp_path / "half")
+    assert half.returncode == 0, half.stderr[-2000:]
+    assert max_difference(weights(tmp_path / "half"), weights(root / "one")) > 1e-3
+
+
+def test_only_rank_0_writes_and_reports(pixelcnn_runs):
+    root, ddp = pixelcnn_runs
+    assert ddp.stdout.count("training pixelcnn") == 1 and "x 2 processes" in ddp.stdout
+    assert ddp.stdout.count("pictures and metrics in") == 1
+    rows = runs.read_metrics(root / "ddp")
+    assert len(rows) == 1 and rows[0]["step"] == 6 and rows[0]["partial"]
+
+
+def test_a_checkpoint_written_under_ddp_resumes_in_one_process(pixelcnn_runs):
+    root, _ = pixelcnn_runs
+    for name in ("ddp", "one"):
+        done = genzoo("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "10", "--resume",
+                      "--out", root / name)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert runs.read_json(root / "ddp" / runs.SUMMARY)["steps"] == 10
+    assert max_difference(weights(root / "ddp"), weights(root / "one")) < 1e-5
+
+
+@pytest.mark.parametrize("family,argv", [
+    ("gan", ["--dataset", "toy-ring", "--hidden", "16", "--depth", "1", "--loss", "hinge"]),
+    ("ebm", ["--dataset", "toy-ring", "--hidden", "16", "--depth", "1", "--buffer-size", "64", "--sgld-steps", "3"]),
+])
+def test_the_gan_and_the_ebm_train_on_two_processes(tmp_path, family, argv):
+    run = genzoo("train", family, *argv, "--subset", "512", "--batch-size", "64", "--max-steps", "4",
+                 "--eval-n", "100", "--out", tmp_path / "run", nproc=2)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert runs.read_json(tmp_path / "run" / runs.SUMMARY)["steps"] == 4
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run").values())
+
+
+def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused(tmp_path):
+    run = genzoo("train", "pixelcnn", *TINY, "--batch-size", "33", "--max-steps", "2", "--out", tmp_path / "run",
+                 nproc=2)
+    assert run.returncode != 0
+    assert "genzoo: error: --batch-size 33 (the global batch) must be a multiple of the 2 processes." in run.stderr
