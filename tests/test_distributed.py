@@ -12,11 +12,24 @@ TINY = ["--subset", "256", "--channels", "8", "--layers", "2", "--head-channels"
         "--seed", "1"]
 
 
-def genzoo(*argv, nproc=0):
+def start(*argv, nproc=0):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
         else [sys.executable]
-    return subprocess.run([*launcher, "-m", "genzoo", *map(str, argv)], capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.Popen([*launcher, "-m", "genzoo", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(*children):
+    """Wait for commands started side by side (one process each: together they use both cores)."""
+    done = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(child.args, child.returncode, out, err))
+    return done
+
+
+def genzoo(*argv, nproc=0):
+    return finish(start(*argv, nproc=nproc))[0]
 
 
 def weights(run):
@@ -33,18 +46,17 @@ def pixelcnn_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     ddp = genzoo("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", "--out", root / "ddp", nproc=2)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = genzoo("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", "--out", root / "one")
-    assert one.returncode == 0, one.stderr[-2000:]
+    one, half = finish(start("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", "--out", root / "one"),
+                       start("train", "pixelcnn", *TINY, "--batch-size", "16", "--max-steps", "6", "--out", root / "half"))
+    assert one.returncode == 0 and half.returncode == 0, one.stderr[-2000:] + half.stderr[-2000:]
     return root, ddp
 
 
-def test_two_processes_train_to_the_weights_of_one_process_with_the_same_global_batch(pixelcnn_runs, tmp_path):
+def test_two_processes_train_to_the_weights_of_one_process_with_the_same_global_batch(pixelcnn_runs):
     root, _ = pixelcnn_runs
     assert max_difference(weights(root / "ddp"), weights(root / "one")) < 1e-5
     # and the averaging matters: one process that sees only rank 0's half of each batch ends elsewhere
-    half = genzoo("train", "pixelcnn", *TINY, "--batch-size", "16", "--max-steps", "6", "--out", tmp_path / "half")
-    assert half.returncode == 0, half.stderr[-2000:]
-    assert max_difference(weights(tmp_path / "half"), weights(root / "one")) > 1e-3
+    assert max_difference(weights(root / "half"), weights(root / "one")) > 1e-3
 
 
 def test_only_rank_0_writes_and_reports(pixelcnn_runs):
@@ -57,9 +69,8 @@ def test_only_rank_0_writes_and_reports(pixelcnn_runs):
 
 def test_a_checkpoint_written_under_ddp_resumes_in_one_process(pixelcnn_runs):
     root, _ = pixelcnn_runs
-    for name in ("ddp", "one"):
-        done = genzoo("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "10", "--resume",
-                      "--out", root / name)
+    for done in finish(*[start("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "10", "--resume",
+                               "--out", root / name) for name in ("ddp", "one")]):
         assert done.returncode == 0, done.stderr[-2000:]
     assert runs.read_json(root / "ddp" / runs.SUMMARY)["steps"] == 10
     assert max_difference(weights(root / "ddp"), weights(root / "one")) < 1e-5

@@ -115,8 +115,6 @@ def test_sample_quality_is_independent_of_the_batch_size_and_states_its_sample_c
     assert a["fid"] == pytest.approx(b["fid"], rel=1e-9)
     assert a["kid"] == pytest.approx(b["kid"], rel=1e-9)
     assert a["n_samples"] == 1000 and "10000 images" in a["reference"] and "float view" in a["reference"]
-    test = sample_quality(ReplayModel(mnist.test.images[:1000].float() / 255), mnist, n=1000)
-    assert test["fid"] < a["fid"]  # a part of the reference set itself comes closer than training images
 
 
 def test_binary_families_are_compared_with_the_binarised_test_split(mnist):

@@ -77,11 +77,12 @@ def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], 
 
 
 def best_test_eval(run_dir: Path, summary: dict) -> dict:
-    """The test evaluation on the most examples: the trainer's final one, or RUN/eval-test.json of `genzoo eval`."""
-    candidates = [summary.get("eval", {})]
+    """The test evaluation on the most examples: the trainer's final one, or RUN/eval-test.json of `genzoo eval`
+    (preferred on a tie: it is run with the family's full settings, e.g. IWAE with k = 5000)."""
+    candidates = [(summary.get("eval", {}), 0)]
     if (run_dir / "eval-test.json").is_file():
-        candidates.append(runs.read_json(run_dir / "eval-test.json"))
-    return max(candidates, key=lambda e: e.get("n_examples", 0))
+        candidates.append((runs.read_json(run_dir / "eval-test.json"), 1))
+    return max(candidates, key=lambda c: (c[0].get("n_examples", 0), c[1]))[0]
 
 
 def nll_entry(summary: dict, ev: dict | None = None) -> dict:
