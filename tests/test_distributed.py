@@ -1,5 +1,6 @@
 """Data-parallel training with torchrun: two gloo processes on this CPU against one process."""
 
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ TINY = ["--subset", "256", "--channels", "8", "--layers", "2", "--head-channels"
 def start(*argv, nproc=0):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
         else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it: side-by-side processes, one core each
     return subprocess.Popen([*launcher, "-m", "genzoo", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def finish(*children):
