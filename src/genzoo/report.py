@@ -83,6 +83,7 @@ def leaderboard_rows(records: list[dict]) -> list[dict]:
                      "fid": f"{fid['fid']:.2f}" if fid else "—",
                      "kid": f"{fid['kid']:.3g} ± {fid['kid_stderr']:.2g}" if fid else "—",
                      "fid_samples": str(fid["n_samples"]) if fid else "—",
+                     "fid_reference": fid["reference"].split(", ")[1] if fid else "—",
                      "train_minutes": f"{s['train_wall_time_s'] / 60:.1f}", "epochs": str(s["epochs_completed"])})
     return rows
 
@@ -114,9 +115,10 @@ def render(records: list[dict], title: str = "genzoo report") -> str:
              "<h2>Leaderboard</h2>",
              '<div id="leaderboard">' + _table(
                  ["run", "family", "density kind", "view", "data", "test NLL", "FID", "KID", "FID samples",
-                  "epochs", "train min"],
+                  "FID reference", "epochs", "train min"],
                  [[b["run"], b["family"], b["kind"], b["view"], b["dataset"], b["nll"], b["fid"], b["kid"],
-                   b["fid_samples"], b["epochs"], b["train_minutes"]] for b in board], numeric={5, 6, 7, 8, 9, 10})
+                   b["fid_samples"], b["fid_reference"], b["epochs"], b["train_minutes"]] for b in board],
+                 numeric={5, 6, 7, 8, 10, 11})
              + "</div>"]
     for i, r in enumerate(records):
         s = r["summary"]

@@ -83,11 +83,11 @@ class Progress:
 class Trainer:
     def __init__(self, model: GenerativeModel, run_dir: Path, cfg: runs.RunConfig, data: ImageDataset,
                  log: Callable[[str], None] = print, progress_bar: bool = True,
-                 ctx: distributed.Context = distributed.Context()):
+                 ctx: distributed.Context | None = None):
         self.cfg, self.tcfg = cfg, cfg.train
         self.run_dir = Path(run_dir)
         self.data = data
-        self.ctx = ctx
+        self.ctx = ctx = ctx or distributed.Context()  # one process unless torchrun launched several
         distributed.check_batch(ctx, self.tcfg.batch_size)
         self.log = log if ctx.is_main else (lambda message: None)
         self.progress_bar = progress_bar and ctx.is_main
