@@ -43,7 +43,7 @@ def main() -> int:
     data = load_dataset("mnist")
     real = data.test.images[:100].float() / 255
     fid = sample_quality(model, data, args.fid_n)
-    runs.write_json(run_dir / "eval-fid.json", fid)  # what `genzoo eval RUN --fid` writes: `genzoo bench` reuses it
+    runs.write_json(run_dir / runs.FID_EVAL, fid)  # what `genzoo eval RUN --fid` writes: `genzoo bench` reuses it
     result = {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": machine(),
               "command": f"python benchmarks/samples_mnist.py {' '.join(sys.argv[1:])}", "config": cfg.to_json(),
               "parameters": summary["parameters"], "finished": summary["finished"],

@@ -21,12 +21,11 @@ from genzoo import runs
 from genzoo.config import EvalConfig, TrainConfig
 from genzoo.data import load_dataset
 from genzoo.errors import ConfigError
-from genzoo.evaluate import FID_SAMPLES, data_quality, default_reference, sample_quality
+from genzoo.evaluate import FID_SAMPLES, data_quality, sample_quality
 from genzoo.models import FAMILIES, get_family
 from genzoo.models.base import DensityKind
 
 BENCH_DATASETS = ("mnist", "fashion-mnist")
-FID_FILE = "eval-fid.json"
 
 
 def run_is_done(run_dir: Path, budget_minutes: float) -> bool:
@@ -62,7 +61,7 @@ def train_stage(family: str, run_dir: Path, dataset: str, budget_minutes: float,
 
 
 def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], None], progress: bool) -> dict:
-    path = run_dir / FID_FILE
+    path = run_dir / runs.FID_EVAL
     if path.is_file():
         saved = runs.read_json(path)
         if saved.get("n_samples") == n and not saved.get("sampler"):
@@ -71,24 +70,21 @@ def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], 
     run = runs.load_run(run_dir, device=device)
     data = load_dataset(run.config.train.dataset)
     log(f"{run_dir.name}: FID and KID of {n} samples")
-    result = sample_quality(run.model, data, n, device, default_reference(run.model), progress=progress)
+    result = sample_quality(run.model, data, n, device, progress=progress)
     runs.write_json(path, result)
     return result
 
 
-def best_test_eval(run_dir: Path, summary: dict) -> dict:
+def best_test_eval(summary: dict, eval_test: dict | None) -> dict:
     """The test evaluation on the most examples: the trainer's final one, or RUN/eval-test.json of `genzoo eval`
     (preferred on a tie: it is run with the family's full settings, e.g. IWAE with k = 5000)."""
-    candidates = [(summary.get("eval", {}), 0)]
-    if (run_dir / "eval-test.json").is_file():
-        candidates.append((runs.read_json(run_dir / "eval-test.json"), 1))
+    candidates = [(summary.get("eval", {}), 0)] + ([(eval_test, 1)] if eval_test else [])
     return max(candidates, key=lambda c: (c[0].get("n_examples", 0), c[1]))[0]
 
 
-def nll_entry(summary: dict, ev: dict | None = None) -> dict:
-    """The test NLL of an evaluation (default: the trainer's final one) in the family's units, or None for
-    implicit and unnormalised models."""
-    ev = summary.get("eval", {}) if ev is None else ev
+def nll_entry(summary: dict, ev: dict) -> dict:
+    """The test NLL of the evaluation ``ev`` of a run in its family's units, or None for implicit and
+    unnormalised models."""
     kind = DensityKind(summary["kind"])
     if kind in (DensityKind.IMPLICIT, DensityKind.UNNORMALISED):
         return {"value": None, "unit": None, "bound": None, "n_examples": None}
@@ -103,9 +99,12 @@ def nll_entry(summary: dict, ev: dict | None = None) -> dict:
 
 
 def row(family: str, run_dir: Path, summary: dict, fid: dict) -> dict:
+    path = run_dir / runs.eval_file("test")
+    eval_test = runs.read_json(path) if path.is_file() else None
     return {"family": family, "kind": summary["kind"], "view": summary["view"], "run": str(run_dir),
-            "nll": nll_entry(summary, best_test_eval(run_dir, summary)), "fid": fid["fid"], "kid": fid["kid"], "kid_stderr": fid["kid_stderr"],
-            "fid_samples": fid["n_samples"], "fid_reference": fid["reference"],
+            "nll": nll_entry(summary, best_test_eval(summary, eval_test)), "fid": fid["fid"], "kid": fid["kid"],
+            "kid_stderr": fid["kid_stderr"], "fid_samples": fid["n_samples"], "fid_reference": fid["reference"],
+            "fid_reference_view": fid["reference_view"],
             "train_minutes": summary["train_wall_time_s"] / 60, "epochs": summary["epochs_completed"],
             "samples_per_s": fid["samples_per_s"], "parameters": summary["parameters"]}
 
@@ -141,14 +140,14 @@ def leaderboard_markdown(table: dict) -> str:
              "| epochs | train min | samples/s |",
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in table["rows"]:
-        ref = r["fid_reference"].split(", ")[1]
         lines.append(f"| {r['family']} | {r['kind']} | {r['view']} | {format_nll(r['nll'])} | {r['fid']:.2f} | "
-                     f"{r['kid']:.3g} (± {r['kid_stderr']:.2g}) | {r['fid_samples']} | {ref} | "
+                     f"{r['kid']:.3g} (± {r['kid_stderr']:.2g}) | {r['fid_samples']} | "
+                     f"{r['fid_reference_view']} view | "
                      f"{r['epochs']} | {r['train_minutes']:.1f} | {r['samples_per_s']:.1f} |")
     for f in table.get("floor", []):
-        ref = f["reference"].split(", ")[1]
-        lines.append(f"| *training images* | data | {ref.split()[0]} | — | {f['fid']:.2f} | {f['kid']:.3g} "
-                     f"(± {f['kid_stderr']:.2g}) | {f['n_samples']} | {ref} | — | — | — |")
+        ref = f["reference_view"]
+        lines.append(f"| *training images* | data | {ref} | — | {f['fid']:.2f} | {f['kid']:.3g} "
+                     f"(± {f['kid_stderr']:.2g}) | {f['n_samples']} | {ref} view | — | — | — |")
     reused = [r for r in table["rows"] if r.get("reused")]
     if reused:
         lines += ["", "Reused runs (trained elsewhere, e.g. by the benchmarks of BENCHMARKS.md): "
@@ -193,7 +192,7 @@ def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes
         fid = fid_stage(run_dir, fid_n, torch_device, log, progress)
         table["rows"].append({**row(family, run_dir, summary, fid), "reused": family in reuse})
         write_tables(table, out, leaderboard)
-    references = sorted({r["fid_reference"].split(", ")[1].split()[0] for r in table["rows"]})
+    references = sorted({r["fid_reference_view"] for r in table["rows"]})
     table["floor"] = [floor_stage(out, dataset, fid_n, ref) for ref in references]
     write_tables(table, out, leaderboard)
     return table

@@ -23,8 +23,16 @@ from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
 
+# The sampler flags (argparse dest names), shared by `sample` and `eval --fid`
+SAMPLER_FLAGS = ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip", "temperature")
+FID_BATCH = 500  # samples drawn per batch by `eval --fid`
+
 # Settings a resumed run may change; everything else is fixed by the run's config.json.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "time_limit", "device"}
+
+
+def sampler_flag(dest: str) -> str:
+    return "--class" if dest == "label" else f"--{dest}"
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,7 +84,7 @@ def build_parser() -> Parser:
     fid.add_argument("--reference", choices=("auto", "float", "binary"), default="auto",
                      help="test images to compare with: grey (float) or the fixed binarisation (binary); auto "
                           "picks binary for the Bernoulli families")
-    fid.add_argument("--batch-size", type=int, default=500, help="samples drawn per batch (default 500)")
+    fid.add_argument("--batch-size", type=int, default=FID_BATCH, help=f"samples drawn per batch (default {FID_BATCH})")
     add_sampler_options(ev)
 
     b = sub.add_parser("bench", help="train, score and tabulate every family on one data set",
@@ -226,8 +234,7 @@ def sampler_options(args, model, sampler, device, n: int | None = None) -> dict:
     """The sampler flags that were given, checked against what this family's ``sampler`` method accepts."""
     import inspect
 
-    given = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip",
-                                           "temperature") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     accepted = inspect.signature(sampler).parameters
     options = {}
     for key, value in given.items():
@@ -235,8 +242,7 @@ def sampler_options(args, model, sampler, device, n: int | None = None) -> dict:
             raise ConfigError(f"--{key} must be a finite number; got {value}.")
         name = {"label": "y"}.get(key, key)
         if name not in accepted:
-            flag = "--class" if key == "label" else f"--{key}"
-            raise ConfigError(f"the {model.family} family's sampler takes no {flag} option.")
+            raise ConfigError(f"the {model.family} family's sampler takes no {sampler_flag(key)} option.")
         options[name] = value
     if "y" in options:
         options["y"] = torch.full((n or args.n,), options["y"], dtype=torch.long, device=device)
@@ -286,23 +292,24 @@ def cmd_eval(args) -> int:
         reference = None if args.reference == "auto" else args.reference
         result = sample_quality(run.model, data, n, device, reference, args.batch_size,
                                 progress=sys.stderr.isatty(), **options)
-        out = args.run / "eval-fid.json"
+        out = args.run / runs.FID_EVAL
         runs.write_json(out, result)
         print(format_quality(result))
         print(f"written to {out}")
         return 0
-    given = [flag for flag, value in (("--reference", args.reference != "auto"), ("--batch-size", args.batch_size != 500))
-             if value] + [f"--{k}" for k in ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip",
-                                             "temperature") if getattr(args, k) is not None]
+    given = [flag for flag, value in (("--reference", args.reference != "auto"),
+                                      ("--batch-size", args.batch_size != FID_BATCH)) if value]
+    given += [sampler_flag(k) for k in SAMPLER_FLAGS if getattr(args, k) is not None]
     if given:
         raise ConfigError(f"{given[0]} applies to sample quality only; add --fid.")
     cfg = from_args(EvalConfig, args, base=EvalConfig(**type(run.model).eval_defaults))
     data = load_dataset(run.config.train.dataset)
     result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty())
     result["eval_config"] = dataclasses.asdict(cfg)
-    runs.write_json(args.run / f"eval-{cfg.split}.json", result)
+    out = args.run / runs.eval_file(cfg.split)
+    runs.write_json(out, result)
     print(format_metrics(result))
-    print(f"written to {args.run / f'eval-{cfg.split}.json'}")
+    print(f"written to {out}")
     return 0
 
 
@@ -318,7 +325,7 @@ def format_quality(result: dict) -> str:
 
 
 def cmd_bench(args) -> int:
-    from genzoo.bench import bench
+    from genzoo.bench import bench, leaderboard_markdown
 
     positive("--fid-n", args.fid_n)
     if not math.isfinite(args.budget_minutes) or args.budget_minutes <= 0:
@@ -335,7 +342,6 @@ def cmd_bench(args) -> int:
     table = bench(args.out, args.families + [f for f in reuse if f not in args.families], args.dataset,
                   args.budget_minutes, args.fid_n, args.nll_n, args.device, reuse, args.leaderboard, command,
                   progress=sys.stderr.isatty())
-    from genzoo.bench import leaderboard_markdown
     print(leaderboard_markdown(table))
     print(f"written to {args.leaderboard or args.out / 'LEADERBOARD.md'} and {args.out / 'leaderboard.json'}")
     return 0
@@ -381,8 +387,7 @@ def cmd_theory(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report,
-            "list": cmd_list,
-            "theory": cmd_theory}
+            "list": cmd_list, "theory": cmd_theory}
 
 
 def main(argv: list[str] | None = None) -> int:

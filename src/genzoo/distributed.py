@@ -101,13 +101,13 @@ def mean(value: float, ctx: Context, device: torch.device) -> float:
     return t.item() / ctx.world
 
 
-def any_rank(flag: bool, ctx: Context, device: torch.device) -> bool:
-    """True on every rank if it is true on one."""
+def any_rank(flags: tuple[bool, ...], ctx: Context, device: torch.device) -> tuple[bool, ...]:
+    """Each flag true on every rank if it is true on one (one all-reduce for all of them)."""
     if not ctx.active:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+        return flags
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 def wrap(model: torch.nn.Module, ctx: Context, device: torch.device, players: int, broadcast_buffers: bool):

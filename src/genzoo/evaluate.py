@@ -181,8 +181,7 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
 
     device = device or torch.device("cpu")
     reference = reference or default_reference(model)
-    net = features.feature_net(data.name)  # refuses data sets without a feature network before any sampling
-    mean, cov, n_ref = features.reference(data.name, reference)
+    features.reference(data.name, reference)  # refuses a data set without a feature network before any sampling
     samples, rate = draw_samples(model, n, device, batch_size, progress, **sampler)
     if tuple(samples.shape[1:]) != tuple(data.test.images.shape[1:]):
         raise ConfigError(f"samples of shape {tuple(samples.shape[1:])} cannot be scored against {data.name} "
@@ -190,17 +189,19 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
     if reference == "binary":  # a Bernoulli model's sample is a draw of its pixel probabilities
         samples = torch.bernoulli(samples.clamp(0, 1), generator=torch.Generator().manual_seed(EVAL_SEED))
     out = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "view": model.view,
-           **_scores(net, samples, data.name, reference, n_ref, mean, cov, batch_size),
+           **_scores(samples, data.name, reference, batch_size),
            "sampler": {k: (v[0].item() if k == "y" else v) for k, v in sampler.items()}, "samples_per_s": rate}
     return out
 
 
-def _scores(net, images, dataset, reference, n_ref, mean, cov, batch_size) -> dict:
+def _scores(images: torch.Tensor, dataset: str, reference: str, batch_size: int) -> dict:
+    """FID and KID of images [N x 1 x H x W] in [0, 1] against the test split's ``reference`` view."""
     from genzoo import features, quality
 
-    f = features.features(net, images, batch_size)
+    mean, cov, n_ref = features.reference(dataset, reference)
+    f = features.features(features.feature_net(dataset), images, batch_size)
     return {"fid": quality.frechet_distance(*quality.gaussian_statistics(f), mean, cov), "n_samples": len(images),
-            "reference": f"{dataset} test split, {reference} view, {n_ref} images",
+            "reference": f"{dataset} test split, {reference} view, {n_ref} images", "reference_view": reference,
             "feature_net": f"genzoo SmallCNN penultimate layer ({features.FEATURE_DIM} features), test accuracy "
                            f"{features.metadata(dataset)['test_accuracy']}",
             **quality.kid(f, features.reference_features(dataset, reference),
@@ -212,9 +213,5 @@ def data_quality(data: ImageDataset, n: int, reference: str, batch_size: int = 5
     floor a perfect model would reach with n samples (FID is biased upwards at small n)."""
     from genzoo import features
 
-    net = features.feature_net(data.name)
-    mean, cov, n_ref = features.reference(data.name, reference)
-    images = data.train.images[:n]
-    images = get_view("binary").eval_data(images, "train") if reference == "binary" else images.float() / 255.0
-    return {"family": "data", "dataset": data.name, **_scores(net, images, data.name, reference, n_ref, mean, cov,
-                                                               batch_size)}
+    images = features.reference_images(data, reference, split="train", n=n)
+    return {"family": "data", "dataset": data.name, **_scores(images, data.name, reference, batch_size)}

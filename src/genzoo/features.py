@@ -88,10 +88,11 @@ def reference_features(dataset: str, view: str) -> torch.Tensor:
     return features(feature_net(dataset), reference_images(load_dataset(dataset), view))
 
 
-def reference_images(data: ImageDataset, view: str) -> torch.Tensor:
-    """The test split as the reference ``view`` sees it, [N x 1 x H x W] in [0, 1]."""
-    test = data.test.images
-    return get_view("binary").eval_data(test, "test") if view == "binary" else test.float() / 255.0
+def reference_images(data: ImageDataset, view: str, split: str = "test", n: int | None = None) -> torch.Tensor:
+    """The first n images (default all) of a split (default the test split) as the reference ``view`` sees them,
+    [N x 1 x H x W] in [0, 1]. The fixed binarisation of a prefix is the prefix of the split's binarisation."""
+    images = data.split(split).images[:n]
+    return get_view("binary").eval_data(images, split) if view == "binary" else images.float() / 255.0
 
 
 # --- training (scripts/train_feature_nets.py) ------------------------------------------------------------------

@@ -78,12 +78,13 @@ def leaderboard_rows(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         s, fid = r["summary"], r["evals"].get("eval-fid")
+        ev = best_test_eval(s, r["evals"].get("eval-test"))
         rows.append({"run": str(r["dir"]), "family": s["family"], "kind": s["kind"], "view": s["view"],
-                     "dataset": s["dataset"], "nll": format_nll(nll_entry(s, best_test_eval(r["dir"], s))),
+                     "dataset": s["dataset"], "nll": format_nll(nll_entry(s, ev)),
                      "fid": f"{fid['fid']:.2f}" if fid else "—",
                      "kid": f"{fid['kid']:.3g} ± {fid['kid_stderr']:.2g}" if fid else "—",
                      "fid_samples": str(fid["n_samples"]) if fid else "—",
-                     "fid_reference": fid["reference"].split(", ")[1] if fid else "—",
+                     "fid_reference": f"{fid['reference_view']} view" if fid else "—",
                      "train_minutes": f"{s['train_wall_time_s'] / 60:.1f}", "epochs": str(s["epochs_completed"])})
     return rows
 

@@ -39,7 +39,12 @@ MODEL = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+FID_EVAL = "eval-fid.json"  # `genzoo eval RUN --fid`; `genzoo eval RUN` writes eval_file(split)
 CHECKPOINT_FORMAT = "genzoo-checkpoint-2"  # 2: one optimizer per player (optim.PLAYER.*)
+
+
+def eval_file(split: str) -> str:
+    return f"eval-{split}.json"
 
 
 # --- atomic writes -------------------------------------------------------------------------------------
@@ -59,7 +64,7 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except (OSError, SafetensorError) as e:
         Path(tmp).unlink(missing_ok=True)
-        what = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
+        what = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
         kept = "the previous file is intact" if path.exists() else "nothing was written"
         raise RunError(f"could not write {path} ({what}); {kept}.") from None
     except BaseException:

@@ -231,6 +231,7 @@ class Trainer:
             bar = tqdm(total=steps_per_epoch, initial=s.batch, desc=f"epoch {s.epoch + 1}/{t.epochs}", unit="step",
                        disable=not self.progress_bar or None, leave=False)
             tick = time.perf_counter()
+            signalled = False  # (an epoch resumed after its last batch runs no step)
             for idx in batch_indices(n, t.batch_size, t.seed, s.epoch, start_batch=s.batch):
                 lr = learning_rate(s.step, t.epochs * steps_per_epoch, t.lr, t.lr_schedule, t.warmup_steps)
                 for optimizer in self.optimizers.values():
@@ -253,7 +254,7 @@ class Trainer:
             bar.close()
             if signalled:
                 self.save_checkpoint()
-                name = signal.Signals(self._stop_signal).name
+                name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal to another rank"
                 raise Interrupted(f"stopped by {name} after step {s.step} (epoch {s.epoch + 1}); the checkpoint in "
                                   f"{self.run_dir} is complete: continue with --resume.")
             if s.batch < steps_per_epoch:  # stopped by --max-steps or --time-limit within the epoch
@@ -262,32 +263,28 @@ class Trainer:
                     runs.write_metrics(self.run_dir, self.metrics)
                 self.save_checkpoint()
                 return False
-            if not self.ctx.is_main:  # the other ranks only train
-                s.epoch += 1
-                s.batch = 0
-                s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0.0, 0, 0.0
-                continue
-            row = self._epoch_row(partial=False)
-            warnings = self.eval_model.diagnose(row)
-            if warnings:
-                row["warnings"] = warnings
-            self.metrics.append(row)
-            runs.write_metrics(self.run_dir, self.metrics)  # before the checkpoint: see load_checkpoint
+            row, warnings = None, []
+            if self.ctx.is_main:  # the other ranks only train
+                row = self._epoch_row(partial=False)
+                warnings = self.eval_model.diagnose(row)
+                if warnings:
+                    row["warnings"] = warnings
+                self.metrics.append(row)
+                runs.write_metrics(self.run_dir, self.metrics)  # before the checkpoint: see load_checkpoint
             s.epoch += 1
             s.batch = 0
             s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0.0, 0, 0.0
             self.save_checkpoint()
-            self.log(self._describe(row))
+            if row is not None:
+                self.log(self._describe(row))
             for warning in warnings:
                 self.log(f"warning: {warning}")
         return True
 
     def _should_stop(self) -> tuple[bool, bool]:
         """(a signal arrived, the budget is spent), agreed across ranks so that all stop at the same step."""
-        signalled, spent = self._stop_signal is not None, self._budget_spent()
-        if self.ctx.active:
-            signalled = distributed.any_rank(signalled, self.ctx, self.device)
-            spent = distributed.any_rank(spent, self.ctx, self.device)
+        signalled, spent = distributed.any_rank((self._stop_signal is not None, self._budget_spent()), self.ctx,
+                                                self.device)
         return signalled, spent
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
