@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,8 +10,7 @@ from pathlib import Path
 import torch
 
 from genzoo import runs
-from genzoo.config import EvalConfig, TrainConfig
-from genzoo.models import get_family
+from genzoo.devices import PRECISIONS
 from genzoo.trainer import train_run
 
 RESULTS = Path(__file__).parent / "results"
@@ -22,7 +20,7 @@ def add_budget_arguments(p: argparse.ArgumentParser, epochs: int, budget_minutes
     p.add_argument("--epochs", type=int, default=epochs, help="epochs of the run (and of a cosine schedule)")
     p.add_argument("--budget-minutes", type=float, default=budget_minutes,
                    help="training time limit, resumes included")
-    p.add_argument("--precision", default=precision, choices=("fp32", "bf16"))
+    p.add_argument("--precision", default=precision, choices=PRECISIONS)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--model", default="{}", help="model options as JSON, e.g. '{\"channels\": 64}'")
     p.add_argument("--tag", default="", help="suffix of the result name, to keep several runs")
@@ -33,17 +31,14 @@ def train_within_budget(family_name: str, args: argparse.Namespace, eval_n: int,
     the epochs and the budget may change). Returns (name, run folder, config, summary)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    family = get_family(family_name)
     name = f"{family_name}_mnist" + (f"-{args.tag}" if args.tag else "")
     run_dir = RESULTS / name
-    train = {**family.train_defaults, **train, "epochs": args.epochs, "time_limit": args.budget_minutes,
-             "precision": args.precision}
-    cfg = runs.RunConfig(family=family_name, model=family.Config(**json.loads(args.model)),
-                         train=TrainConfig(**train), eval=EvalConfig(n=eval_n))
+    budget = {"epochs": args.epochs, "time_limit": args.budget_minutes}
     resume = (run_dir / runs.CHECKPOINT).is_file()
     if resume:
-        saved = runs.read_config(run_dir)
-        cfg = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=args.epochs,
-                                                                   time_limit=args.budget_minutes))
+        cfg = runs.resumed_config(runs.read_config(run_dir), train=budget)
+    else:
+        cfg = runs.new_config(family_name, json.loads(args.model),
+                              {**train, **budget, "precision": args.precision, "final_eval": "full"}, {"n": eval_n})
     summary = train_run(cfg, run_dir, resume=resume, log=print, progress_bar=sys.stderr.isatty())
     return name, run_dir, cfg, summary

@@ -26,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sample_quality import classifier, quality  # noqa: E402
 from vae_mnist import machine  # noqa: E402
 
-from genzoo import runs  # noqa: E402
-from genzoo.config import EvalConfig, TrainConfig  # noqa: E402
+from genzoo import runs, storage  # noqa: E402
+from genzoo.config import EvalConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
 from genzoo.evaluate import evaluate  # noqa: E402
-from genzoo.models.ddpm import DDPM, DDPMConfig  # noqa: E402
 from genzoo.trainer import train_run  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -48,18 +47,17 @@ def main() -> int:
     name = "ddpm_mnist" + (f"-{args.tag}" if args.tag else "")
     run_dir, result_path = HERE / "results" / name, HERE / "results" / f"{name}.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    cfg = runs.RunConfig(family="ddpm", model=DDPMConfig(),
-                         train=TrainConfig(epochs=200, batch_size=128, time_limit=args.budget_minutes,
-                                           **DDPM.train_defaults),
-                         eval=EvalConfig(n=4))
-    summary = train_run(cfg, run_dir, resume=(run_dir / runs.CHECKPOINT).is_file(), log=print,
-                        progress_bar=sys.stderr.isatty())
+    resume = (run_dir / runs.CHECKPOINT).is_file()
+    train = {"epochs": 200, "batch_size": 128, "time_limit": args.budget_minutes, "final_eval": "full"}
+    cfg = (runs.resumed_config(runs.read_config(run_dir), train={"time_limit": args.budget_minutes}) if resume
+           else runs.new_config("ddpm", train=train, eval={"n": 4}))
+    summary = train_run(cfg, run_dir, resume=resume, log=print, progress_bar=sys.stderr.isatty())
     result.update({"benchmark": name, "date": datetime.date.today().isoformat(), "machine": machine(),
                    "config": cfg.to_json(), "command": "python benchmarks/ddpm_mnist.py " + " ".join(sys.argv[1:]),
                    "train_minutes": summary["train_wall_time_s"] / 60, "train_images_per_s": summary["images_per_s"],
                    "steps": summary["steps"], "epochs_completed": summary["epochs_completed"],
                    "parameters": summary["parameters"]})
-    runs.write_json(result_path, result)
+    storage.write_json(result_path, result)
 
     run = runs.load_run(run_dir)
     model = run.model
@@ -80,13 +78,13 @@ def main() -> int:
             seconds = time.perf_counter() - t
             table[key] = {"sampler": sampler, "eta": eta, "steps": steps, "seconds": seconds, **quality(net, x)}
             print(key, json.dumps(table[key]))
-            runs.write_json(result_path, result)
+            storage.write_json(result_path, result)
     if "bound_bits_per_dim" not in result:
         ev = evaluate(model, load_dataset("mnist"), EvalConfig(n=args.bound_n), torch.device("cpu"),
                       progress=sys.stderr.isatty())
         result["bound_bits_per_dim"] = ev["neg_elbo_bits_per_dim"]
         result["bound_n_examples"] = ev["n_examples"]
-        runs.write_json(result_path, result)
+        storage.write_json(result_path, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "machine")}, indent=2))
     return 0
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from vae_mnist import machine  # noqa: E402
 
-from genzoo import runs  # noqa: E402
+from genzoo import storage  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
 from genzoo.models.ddpm import DDPM, DDPMConfig  # noqa: E402
 
@@ -95,7 +95,7 @@ def main() -> int:
               "ratio_genzoo_over_diffusers": med["genzoo"] / med["diffusers"], "target_ratio": 1.5}
     out = HERE / "results" / "ddpm_vs_diffusers.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out, result)
+    storage.write_json(out, result)
     print(json.dumps({k: result[k] for k in ("parameters", "images_per_s_median", "ratio_genzoo_over_diffusers")}, indent=2))
     return 0
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from budget import RESULTS, add_budget_arguments, train_within_budget  # noqa: E402
 from vae_mnist import machine  # noqa: E402
 
-from genzoo import runs  # noqa: E402
+from genzoo import runs, storage  # noqa: E402
 from genzoo.config import EvalConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
 from genzoo.evaluate import evaluate  # noqa: E402
@@ -38,7 +38,7 @@ PUBLISHED = {"pixelcnn": {"figure": 81.30, "unit": "nats", "source": "van den Oo
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=tuple(PUBLISHED))
-    add_budget_arguments(p, epochs=6, budget_minutes=60.0, precision="bf16")
+    add_budget_arguments(p, epochs=6, budget_minutes=60.0, precision="auto")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--test-n", type=int, default=0, help="test images to score (0 = all 10,000)")
     args = p.parse_args()
@@ -54,7 +54,7 @@ def main() -> int:
               "finished": summary["finished"], "epochs_completed": summary["epochs_completed"], "steps": summary["steps"],
               "train_minutes": summary["train_wall_time_s"] / 60, "train_images_per_s": summary["images_per_s"],
               "curve": curve, "test": ev, "published": PUBLISHED[args.family]}
-    runs.write_json(RESULTS / f"{name}.json", result)
+    storage.write_json(RESULTS / f"{name}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "machine", "curve")}, indent=2))
     return 0
 

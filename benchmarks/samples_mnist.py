@@ -25,7 +25,7 @@ from budget import RESULTS, add_budget_arguments, train_within_budget  # noqa: E
 from sample_quality import classifier, quality  # noqa: E402
 from vae_mnist import machine  # noqa: E402
 
-from genzoo import runs  # noqa: E402
+from genzoo import runs, storage  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
 from genzoo.evaluate import sample_quality  # noqa: E402
 
@@ -33,7 +33,7 @@ from genzoo.evaluate import sample_quality  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=("gan", "ebm"))
-    add_budget_arguments(p, epochs=10, budget_minutes=30.0, precision="fp32")
+    add_budget_arguments(p, epochs=10, budget_minutes=30.0, precision="auto")
     p.add_argument("--fid-n", type=int, default=10_000, help="samples for FID and KID (default 10,000)")
     args = p.parse_args()
     name, run_dir, cfg, summary = train_within_budget(args.family, args, eval_n=100)
@@ -43,7 +43,7 @@ def main() -> int:
     data = load_dataset("mnist")
     real = data.test.images[:100].float() / 255
     fid = sample_quality(model, data, args.fid_n)
-    runs.write_json(run_dir / runs.FID_EVAL, fid)  # what `genzoo eval RUN --fid` writes: `genzoo bench` reuses it
+    storage.write_json(run_dir / runs.FID_EVAL, fid)  # what `genzoo eval RUN --fid` writes: `genzoo bench` reuses it
     result = {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": machine(),
               "command": f"python benchmarks/samples_mnist.py {' '.join(sys.argv[1:])}", "config": cfg.to_json(),
               "parameters": summary["parameters"], "finished": summary["finished"],
@@ -53,7 +53,7 @@ def main() -> int:
                         for row in runs.read_metrics(run_dir)],
               "fid": fid, "classifier_test_accuracy": accuracy, "quality_samples": quality(net, samples),
               "quality_real_test_images": quality(net, real)}
-    runs.write_json(RESULTS / f"{name}.json", result)
+    storage.write_json(RESULTS / f"{name}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "machine")}, indent=1))
     return 0
 

@@ -12,7 +12,6 @@ Results go to benchmarks/results/toy_ring.json; finished entries are kept when t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import shutil
@@ -24,9 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from vae_mnist import machine  # noqa: E402
 
-from genzoo import runs  # noqa: E402
-from genzoo.config import EvalConfig, TrainConfig  # noqa: E402
-from genzoo.models import get_family  # noqa: E402
+from genzoo import runs, storage  # noqa: E402
 from genzoo.trainer import train_run  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -62,14 +59,10 @@ def main() -> int:
     for name, (family_name, model_options, train_options) in RUNS.items():
         if (args.only and name not in args.only) or name in table:
             continue
-        family = get_family(family_name)
-        toy = family.points_defaults
-        train = {**family.train_defaults, **toy.get("train", {}), **train_options, "dataset": "toy-ring",
-                 "seed": args.seed}
+        train = {**train_options, "dataset": "toy-ring", "seed": args.seed, "final_eval": "full"}
         if args.epochs:
             train["epochs"] = args.epochs
-        model = dataclasses.replace(family.Config(**toy.get("model", {})), **model_options)
-        cfg = runs.RunConfig(family=family_name, model=model, train=TrainConfig(**train), eval=EvalConfig(n=2500))
+        cfg = runs.new_config(family_name, model_options, train, {"n": 2500})
         run_dir = HERE / "results" / "toy_ring" / name
         summary = train_run(cfg, run_dir, resume=(run_dir / runs.CHECKPOINT).is_file(), log=print)
         ev = summary["eval"]
@@ -80,7 +73,7 @@ def main() -> int:
                                              "kl_data_to_model_nats") if k in ev},
                        "last_epoch": {k: v for k, v in last.items() if k.startswith("val_") or k == "warnings"}}
         print(name, json.dumps({k: v for k, v in table[name].items() if k != "config"}), flush=True)
-        runs.write_json(result_path, result)
+        storage.write_json(result_path, result)
     return 0
 
 

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import torch
 
-from genzoo import runs
-from genzoo.config import EvalConfig, TrainConfig
+from genzoo import runs, storage
+from genzoo.config import EvalConfig
 from genzoo.data import load_dataset
 from genzoo.evaluate import evaluate
-from genzoo.models.vae import VAEConfig
 from genzoo.trainer import train_run
 
 HERE = Path(__file__).parent
@@ -37,12 +36,15 @@ TARGETS = {"neg_elbo_nats": 95.0, "nll_iwae5000_nats": 90.0, "train_minutes": 3.
 
 
 def machine() -> dict:
-    cpu = "unknown"
+    cpu, isa = "unknown", []
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        lines = open("/proc/cpuinfo").read().splitlines()
+        cpu = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
+        flags = next(l.split(":", 1)[1].split() for l in lines if l.startswith("flags"))
+        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -66,12 +68,11 @@ def main() -> int:
     run_dir = HERE / "results" / name
     result_path = HERE / "results" / f"{name}.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    cfg = runs.RunConfig(
-        family="vae", model=VAEConfig(latent_dim=32, arch=args.arch, hidden=args.hidden),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                          seed=0),
-        eval=EvalConfig(iwae_k=1, n=0),  # the figures below are computed separately, with several k
-    )
+    cfg = runs.new_config(
+        "vae", {"latent_dim": 32, "arch": args.arch, "hidden": args.hidden},
+        {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": args.lr_schedule,
+         "seed": 0, "final_eval": "full"},
+        {"iwae_k": 1, "n": 0})  # the figures below are computed separately, with several k
     t0 = time.perf_counter()
     summary = train_run(cfg, run_dir, resume=(run_dir / runs.CHECKPOINT).is_file(), log=print,
                         progress_bar=sys.stderr.isatty())
@@ -83,7 +84,7 @@ def main() -> int:
         "neg_elbo_nats": summary["eval"]["neg_elbo_nats"], "neg_elbo_nats_stderr": summary["eval"]["neg_elbo_nats_stderr"],
         "n_test_examples": summary["eval"]["n_examples"],
     })
-    runs.write_json(result_path, result)
+    storage.write_json(result_path, result)
 
     run = runs.load_run(run_dir)
     data = load_dataset("mnist")
@@ -98,7 +99,7 @@ def main() -> int:
         result[f"{key}_stderr"] = ev["nll_nats_stderr"]
         result[f"eval_iwae{k}_seconds"] = time.perf_counter() - t
         print(f"{key} = {ev['nll_nats']:.3f} ± {ev['nll_nats_stderr']:.3f} ({result[f'eval_iwae{k}_seconds']:.0f} s)")
-        runs.write_json(result_path, result)
+        storage.write_json(result_path, result)
 
     result["peak_memory_mb"] = max(result.get("peak_memory_mb", 0.0), peak_memory_mb())
     result["targets"] = {
@@ -107,7 +108,7 @@ def main() -> int:
         "ten_epochs_under_3_min": result["epochs"] == 10 and result["train_wall_time_s"] <= 60 * TARGETS["train_minutes"],
         "stretch_nll_le_84": result.get("nll_iwae5000_nats", float("inf")) <= TARGETS["stretch_nll_nats"],
     }
-    runs.write_json(result_path, result)
+    storage.write_json(result_path, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "machine")}, indent=2))
     print(f"benchmark finished in {time.perf_counter() - t0:.0f} s; results in {result_path}")
     return 0

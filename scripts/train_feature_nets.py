@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from genzoo import features, runs
+from genzoo import features, storage
 from genzoo.data import load_dataset
 from genzoo.quality import gaussian_statistics
 
@@ -52,7 +52,7 @@ def main() -> int:
             "command": f"python scripts/train_feature_nets.py {args.dataset} --epochs {args.epochs} --seed {args.seed}"}
     path = features.weights_path(args.dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs.save_tensors(path, tensors, metadata=meta)
+    storage.save_tensors(path, tensors, metadata=meta)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
 

@@ -191,7 +191,10 @@ def test_ddpm_sampling_options(trained_ddpm, tmp_path, run_cli):
     for bad, fragment in ((["--steps", 21], "between 1 and the 20 training timesteps"),
                           (["--eta", -1], "--eta must be non-negative"),
                           (["--class", 12], "--class must be between 0 and 9"),
-                          (["--sampler", "ddpm", "--steps", 5], "--steps applies to --sampler ddim"),
+                          (["--sampler", "heun", "--eta", 0.5], "the heun sampler takes no --eta option"),
+                          (["--sampler", "dpm++2m", "--spacing", "quadratic"], "takes --spacing karras or uniform"),
+                          (["--sampler", "euler2"], "--sampler must be one of"),
+                          (["--temperature", 0.5], "the ddpm family's sampler takes no --temperature option"),
                           (["--guidance", -1], "--guidance must be non-negative"),
                           (["--eta", "nan"], "--eta must be a finite number")):
         code, _, err = run_cli("sample", run, "--n", 2, *bad, "--out", tmp_path / "d.png")

@@ -266,8 +266,8 @@ def test_ddpm_family_end_to_end_pieces():
     assert model.elbo(x[:2]).shape == (2,)
     with pytest.raises(ConfigError, match="--steps must be between"):
         model.sample(1, steps=51)
-    with pytest.raises(ConfigError, match="unknown sampler"):
-        model.sample(1, sampler="euler")
+    with pytest.raises(ConfigError, match="--sampler must be one of ddpm, ddim, euler, heun, dpm\\+\\+2m"):
+        model.sample(1, sampler="rk4")
     unconditional = DDPM(DDPMConfig(timesteps=10, channels=8), (1, 28, 28))
     with pytest.raises(ConfigError, match="not trained with --class-cond"):
         unconditional.sample(1, steps=2, y=torch.tensor([1]))

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from genzoo import runs
+from genzoo import runs, storage
 
 TINY = ["--subset", "256", "--channels", "8", "--layers", "2", "--head-channels", "16", "--eval-n", "16",
         "--seed", "1"]
@@ -35,7 +35,7 @@ def genzoo(*argv, nproc=0):
 
 
 def weights(run):
-    return runs.load_tensors(run / runs.MODEL)[0]
+    return storage.load_tensors(run / runs.MODEL)[0]
 
 
 def max_difference(a, b):
@@ -74,7 +74,7 @@ def test_a_checkpoint_written_under_ddp_resumes_in_one_process(pixelcnn_runs):
     for done in finish(*[start("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "10", "--resume",
                                "--out", root / name) for name in ("ddp", "one")]):
         assert done.returncode == 0, done.stderr[-2000:]
-    assert runs.read_json(root / "ddp" / runs.SUMMARY)["steps"] == 10
+    assert storage.read_json(root / "ddp" / runs.SUMMARY)["steps"] == 10
     assert max_difference(weights(root / "ddp"), weights(root / "one")) < 1e-5
 
 
@@ -86,7 +86,7 @@ def test_the_gan_and_the_ebm_train_on_two_processes(tmp_path, family, argv):
     run = genzoo("train", family, *argv, "--subset", "512", "--batch-size", "64", "--max-steps", "4",
                  "--eval-n", "100", "--out", tmp_path / "run", nproc=2)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert runs.read_json(tmp_path / "run" / runs.SUMMARY)["steps"] == 4
+    assert storage.read_json(tmp_path / "run" / runs.SUMMARY)["steps"] == 4
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run").values())
 
 

@@ -76,7 +76,7 @@ def test_an_unnormalised_model_offers_energy_only():
     assert "replay" in model.state_dict()  # the buffer is saved with the weights (exact resume, sampling)
     sn = EBM(EBMConfig(channels=4, hidden=8, buffer_size=4, spectral_norm=True), (1, 28, 28))
     assert any("parametrizations" in k for k in sn.state_dict())
-    with pytest.raises(ConfigError, match="--steps must be at least 1"):
+    with pytest.raises(ConfigError, match="--steps must be positive; got 0"):
         model.sample(1, steps=0)
     assert "diverging" in model.diagnose({"val_energy_data": 5e3})[0] and model.diagnose({"val_energy_data": 1}) == []
 

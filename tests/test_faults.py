@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from genzoo import runs
+from genzoo import runs, storage
 
 TINY = ["train", "vae", "--subset", "512", "--batch-size", "64", "--latent-dim", "4", "--hidden", "32",
         "--depth", "1", "--eval-iwae-k", "8", "--eval-n", "64", "--seed", "3"]
@@ -47,7 +47,7 @@ def test_kill_9_at_random_moments_never_loses_the_checkpoint_and_the_run_finishe
         child.wait()
         kills += 1
         if (run / runs.CHECKPOINT).is_file():  # whatever the moment, the current checkpoint is complete
-            tensors, meta = runs.load_tensors(run / runs.CHECKPOINT)
+            tensors, meta = storage.load_tensors(run / runs.CHECKPOINT)
             assert "progress" in meta and tensors
     if not (run / runs.SUMMARY).is_file():
         final = genzoo(*TINY, "--epochs", "6", "--out", run, *(["--resume"] if (run / runs.CONFIG).is_file() else []))
@@ -72,7 +72,7 @@ def test_a_failed_write_is_one_clear_error_and_keeps_the_previous_checkpoint(tmp
     assert digest(run / runs.CHECKPOINT) == before and not list(run.glob(".*.tmp"))
     again = genzoo(*TINY, "--epochs", "2", "--out", run, "--resume")  # space again: the run goes on
     assert again.wait(timeout=300) == 0, again.stderr.read()
-    assert runs.read_json(run / runs.SUMMARY)["epochs_completed"] == 2
+    assert storage.read_json(run / runs.SUMMARY)["epochs_completed"] == 2
 
 
 @pytest.mark.parametrize("limit", [2000])

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genzoo import runs
+from genzoo import runs, storage
 from genzoo.data.idx import IDX_DTYPES, encode_idx, parse_idx, read_bytes
 from genzoo.errors import DataError, GenzooError, RunError
 
@@ -113,7 +113,7 @@ def test_arbitrary_bytes_as_weights_are_a_run_error(data):
         path = Path(d) / runs.MODEL
         path.write_bytes(data)
         try:
-            runs.load_tensors(path)
+            storage.load_tensors(path)
         except GenzooError as e:
             assert "safetensors" in str(e)
 
@@ -126,6 +126,6 @@ def test_safetensors_files_with_arbitrary_headers_are_a_run_error(header, length
         path = Path(d) / runs.MODEL
         path.write_bytes(struct.pack("<Q", max(len(text) + length_delta, 0)) + text + b"\0" * 8)
         try:
-            runs.load_tensors(path)
+            storage.load_tensors(path)
         except GenzooError as e:
             assert "safetensors" in str(e)

@@ -54,7 +54,7 @@ def test_wrong_kind_of_file(tmp_path):
 
 def test_huge_claimed_size_is_refused_before_allocating():
     header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2**31 - 1, 2**31 - 1, 2**31 - 1)
-    with pytest.raises(DataError, match="more than genzoo accepts"):
+    with pytest.raises(DataError, match="larger than genzoo accepts"):
         parse_idx(header + b"\x00" * 16)
 
 

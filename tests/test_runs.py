@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_vae_config
-from genzoo import load_run, runs
+from genzoo import load_run, runs, storage
 from genzoo.errors import RunError
 from genzoo.models.vae import VAE, VAEConfig
 
@@ -15,9 +15,9 @@ from genzoo.models.vae import VAE, VAEConfig
 def write_run(folder, cfg=None, model=None):
     cfg = cfg or tiny_vae_config()
     folder.mkdir(parents=True, exist_ok=True)
-    runs.write_json(folder / runs.CONFIG, cfg.to_json())
+    storage.write_json(folder / runs.CONFIG, cfg.to_json())
     model = model or runs.build_model(cfg, (1, 28, 28))
-    runs.save_tensors(folder / runs.MODEL, model.state_dict())
+    storage.save_tensors(folder / runs.MODEL, model.state_dict())
     return model
 
 
@@ -81,11 +81,11 @@ def test_damaged_or_mismatched_weights(tmp_path):
     with pytest.raises(RunError, match="not a readable safetensors file"):
         load_run(tmp_path)
     other = VAE(VAEConfig(latent_dim=4, hidden=64, depth=1), (1, 28, 28))  # another width
-    runs.save_tensors(weights, other.state_dict())
+    storage.save_tensors(weights, other.state_dict())
     with pytest.raises(RunError, match="does not match the model in config.json: tensor"):
         load_run(tmp_path)
     deeper = VAE(VAEConfig(latent_dim=4, hidden=32, depth=2), (1, 28, 28))
-    runs.save_tensors(weights, deeper.state_dict())
+    storage.save_tensors(weights, deeper.state_dict())
     with pytest.raises(RunError, match="unexpected tensor"):
         load_run(tmp_path)
     weights.unlink()
@@ -95,7 +95,7 @@ def test_damaged_or_mismatched_weights(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "summary.json"
-    runs.write_json(target, {"good": 1})
+    storage.write_json(target, {"good": 1})
 
     def fails_halfway(tmp):
         with open(tmp, "w") as f:
@@ -104,7 +104,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
     with pytest.raises(RunError, match=r"could not write .*summary.json \(No space left on device\); the "
                                        r"previous file is intact"):
-        runs.atomic_write(target, fails_halfway)
+        storage.atomic_write(target, fails_halfway)
     assert json.loads(target.read_text()) == {"good": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
@@ -117,10 +117,10 @@ def test_a_second_training_of_the_same_folder_is_refused_while_the_first_holds_i
     from genzoo.trainer import train_run
 
     cfg = tiny_vae_config(epochs=1)
-    with runs.training_lock(tmp_path / "run"):  # as another process training it would
+    with storage.training_lock(tmp_path / "run"):  # as another process training it would
         with pytest.raises(RunError, match=rf"is being trained by another process \(pid {os.getpid()}\)"):
             train_run(cfg, tmp_path / "run", log=lambda m: None)
-        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [runs.LOCK]  # nothing else was written
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [storage.LOCK]  # nothing else was written
     train_run(cfg, tmp_path / "run", log=lambda m: None)  # released: the training goes ahead
     assert (tmp_path / "run" / runs.SUMMARY).is_file()
 
@@ -130,19 +130,19 @@ def test_the_lock_is_dropped_when_its_process_is_killed(tmp_path):
     import sys
     import time
 
-    from genzoo import runs
+    from genzoo import storage
 
-    code = ("import sys, time; from genzoo import runs\n"
-            f"with runs.training_lock({str(tmp_path / 'run')!r}):\n    print('locked', flush=True); time.sleep(60)")
+    code = ("import sys, time; from genzoo import storage\n"
+            f"with storage.training_lock({str(tmp_path / 'run')!r}):\n    print('locked', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
     from genzoo.errors import RunError
-    with pytest.raises(RunError, match=f"pid {child.pid}"), runs.training_lock(tmp_path / "run"):
+    with pytest.raises(RunError, match=f"pid {child.pid}"), storage.training_lock(tmp_path / "run"):
         pass
     child.kill()  # SIGKILL: no clean-up runs in the child
     child.wait()
     time.sleep(0.1)
-    with runs.training_lock(tmp_path / "run"):
+    with storage.training_lock(tmp_path / "run"):
         pass
 
 
@@ -202,4 +202,4 @@ def test_a_safetensors_header_that_lies_about_its_sizes_is_refused(tmp_path):
     path = tmp_path / "m.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)  # claims 4 TiB, holds 16 bytes
     with pytest.raises(RunError, match="not a readable safetensors file"):
-        runs.load_tensors(path)
+        storage.load_tensors(path)

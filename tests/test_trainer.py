@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_vae_config
-from genzoo import runs
+from genzoo import runs, storage
 from genzoo.errors import TrainingDiverged
 from genzoo.models.vae import VAE
 from genzoo.trainer import Interrupted, learning_rate, train_run
@@ -61,7 +61,19 @@ def test_resume_in_the_middle_of_an_epoch_equals_uninterrupted(tmp_path):
     assert_same_state(tmp_path / "full", tmp_path / "part")
 
 
-def test_sigint_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("handler_before", ["default", "ignored"])
+def test_sigint_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatch, handler_before):
+    # A suite started in the background (`pytest &`, nohup, some CI runners) begins with SIGINT ignored; the
+    # trainer catches SIGINT either way and gives back whatever handler it found.
+    start = signal.default_int_handler if handler_before == "default" else signal.SIG_IGN
+    previous = signal.signal(signal.SIGINT, start)
+    try:
+        check_sigint_run(tmp_path, monkeypatch, start)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_sigint_run(tmp_path, monkeypatch, start):
     train_run(tiny_vae_config(epochs=2, ema_decay=0.5), tmp_path / "full", **QUIET)
     calls = {"n": 0}
     original = VAE.loss
@@ -76,9 +88,9 @@ def test_sigint_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatc
     with pytest.raises(Interrupted, match="SIGINT after step 11.*--resume"):
         train_run(tiny_vae_config(epochs=2, ema_decay=0.5), tmp_path / "part", **QUIET)
     monkeypatch.setattr(VAE, "loss", original)
-    meta = json.loads(runs.load_tensors(tmp_path / "part" / runs.CHECKPOINT)[1]["progress"])
+    meta = json.loads(storage.load_tensors(tmp_path / "part" / runs.CHECKPOINT)[1]["progress"])
     assert (meta["step"], meta["epoch"], meta["batch"]) == (11, 1, 3)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    assert signal.getsignal(signal.SIGINT) is start  # the handler is given back
     train_run(tiny_vae_config(epochs=2, ema_decay=0.5), tmp_path / "part", resume=True, **QUIET)
     assert_same_state(tmp_path / "full", tmp_path / "part")
 
@@ -101,7 +113,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     monkeypatch.setattr(VAE, "loss", loss_goes_nan)
     with pytest.raises(TrainingDiverged, match=r"nan at step 12 .*last good checkpoint .*\(step 8\)"):
         train_run(tiny_vae_config(epochs=3), tmp_path / "run", **QUIET)
-    tensors, meta = runs.load_tensors(tmp_path / "run" / runs.CHECKPOINT)
+    tensors, meta = storage.load_tensors(tmp_path / "run" / runs.CHECKPOINT)
     assert json.loads(meta["progress"])["step"] == 8
     weights = load_file(str(tmp_path / "run" / runs.MODEL))
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
@@ -146,3 +158,21 @@ def test_two_player_training_resumes_exactly(tmp_path):
                                                                        for k in keys)
     assert_same_state(tmp_path / "full", tmp_path / "part")
     assert full["eval"] == resumed["eval"] and 0 <= full["eval"]["modes_covered"] <= 8
+
+
+def test_ema_warmup_follows_its_closed_form(tmp_path):
+    from genzoo.trainer import ema_decay_at
+
+    assert ema_decay_at(0, 0.999, True) == pytest.approx(0.1) and ema_decay_at(20000, 0.999, True) == 0.999
+    assert ema_decay_at(3, 0.999, False) == 0.999
+    cfg = tiny_vae_config(ema_decay=0.999, ema_warmup=True, max_steps=1)
+    train_run(cfg, tmp_path / "run", **QUIET)
+    w1 = {k[6:]: v for k, v in storage.load_tensors(tmp_path / "run" / runs.CHECKPOINT)[0].items()
+          if k.startswith("model.")}
+    train_run(tiny_vae_config(ema_decay=0.999, ema_warmup=True, max_steps=2), tmp_path / "run", resume=True, **QUIET)
+    tensors = storage.load_tensors(tmp_path / "run" / runs.CHECKPOINT)[0]
+    d = ema_decay_at(1, 0.999, True)  # the second update; the first copies the weights
+    for name, w0 in w1.items():
+        w2, ema = tensors[f"model.{name}"], tensors[f"ema.module.{name}"]
+        if w0.is_floating_point():
+            torch.testing.assert_close(ema, d * w0 + (1 - d) * w2, rtol=1e-5, atol=1e-6)

@@ -5,8 +5,7 @@
     >>> images = run.model.sample(16)          # [16 x 1 x 28 x 28] in [0, 1]
 """
 
-__version__ = "0.1.0"
-
-from genzoo.runs import Run, load_run  # noqa: E402
+from genzoo._version import __version__
+from genzoo.runs import Run, load_run
 
 __all__ = ["__version__", "Run", "load_run"]

@@ -16,23 +16,17 @@ from pathlib import Path
 
 import torch
 
-from genzoo import __version__, runs
+from genzoo import runs, storage
+from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.datasets import DATASETS, load_dataset, locate, search_dirs
-from genzoo.data.toy import TOY_DATASETS
+from genzoo.devices import DEVICES, pick_device
+from genzoo.features import FEATURE_DATASETS
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
+from genzoo.options import Option
 
-# The sampler flags (argparse dest names), shared by `sample` and `eval --fid`
-SAMPLER_FLAGS = ("sampler", "steps", "eta", "spacing", "label", "guidance", "clip", "temperature")
 FID_BATCH = 500  # samples drawn per batch by `eval --fid`
-
-# Settings a resumed run may change; everything else is fixed by the run's config.json.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "time_limit", "device"}
-
-
-def sampler_flag(dest: str) -> str:
-    return "--class" if dest == "label" else f"--{dest}"
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,7 +60,7 @@ def build_parser() -> Parser:
     sample.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
     sample.add_argument("--out", type=Path, default=None, help="PNG file (default RUN/samples-seedS.png)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sample.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    sample.add_argument("--device", default="auto", choices=DEVICES)
     opts = add_sampler_options(sample)
     opts.add_argument("--complete", type=Path, metavar="FILE.png",
                       help="autoregressive: draw --n completions of the bottom half of this image")
@@ -76,7 +70,7 @@ def build_parser() -> Parser:
                                     "quality of its samples (FID and KID in genzoo's feature space).")
     ev.add_argument("run", type=Path, help="run folder")
     add_dataclass_arguments(ev, EvalConfig)  # shown defaults are EvalConfig's; a family may lower --n (ddpm: 500)
-    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ev.add_argument("--device", default="auto", choices=DEVICES)
     fid = ev.add_argument_group("sample quality")
     fid.add_argument("--fid", action="store_true",
                      help="score samples by FID and KID instead of the likelihood; --n is then the number of "
@@ -93,7 +87,7 @@ def build_parser() -> Parser:
                                    "Interrupted, the same command picks up where it stopped.")
     b.add_argument("--families", nargs="+", default=list(FAMILIES), metavar="FAMILY",
                    help=f"families to run, in table order (default: {' '.join(FAMILIES)})")
-    b.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    b.add_argument("--dataset", default="mnist", choices=FEATURE_DATASETS)
     b.add_argument("--budget-minutes", type=float, default=10.0, help="training minutes per family (default 10)")
     b.add_argument("--fid-n", type=int, default=10_000, help="samples per FID/KID (default 10,000)")
     b.add_argument("--nll-n", type=int, default=0, help="test images for the NLL (default 0: the family's preset)")
@@ -101,7 +95,7 @@ def build_parser() -> Parser:
     b.add_argument("--leaderboard", type=Path, default=None, help="markdown file (default OUT/LEADERBOARD.md)")
     b.add_argument("--run", action="append", default=[], metavar="FAMILY=RUN",
                    help="score this finished run folder for FAMILY instead of training one (repeatable)")
-    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    b.add_argument("--device", default="auto", choices=DEVICES)
 
     r = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
     r.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders")
@@ -112,19 +106,34 @@ def build_parser() -> Parser:
     return p
 
 
+def declared_sampler_options() -> dict[str, Option]:
+    """Every sampler option any family declares, by keyword; one flag each (the same keyword means the same
+    option in every family)."""
+    out: dict[str, Option] = {}
+    for family in FAMILIES.values():
+        for option in family.sample_options:
+            known = out.setdefault(option.name, option)
+            assert known.type is option.type, f"sampler option {option.name} declared with two types"
+    return out
+
+
 def add_sampler_options(parser):
-    """The sampler flags shared by `sample` and `eval --fid`; each is checked against the family's sampler."""
-    opts = parser.add_argument_group("sampler options (for the families whose sampler takes them)")
-    opts.add_argument("--sampler", choices=("ddpm", "ddim"), help="diffusion: ancestral (all T steps) or DDIM")
-    opts.add_argument("--steps", type=int, help="diffusion: DDIM steps (default 100); ebm: Langevin steps")
-    opts.add_argument("--eta", type=float, help="diffusion: DDIM eta, 0 = deterministic (default 0)")
-    opts.add_argument("--spacing", choices=("uniform", "quadratic"), help="diffusion: DDIM timestep spacing")
-    opts.add_argument("--class", dest="label", type=int, help="class-conditional runs: the class to draw")
-    opts.add_argument("--guidance", type=float, help="class-conditional runs: classifier-free guidance scale")
-    opts.add_argument("--clip", type=parse_bool, metavar="BOOL", help="diffusion: clip x0_hat to the data range (default true)")
-    opts.add_argument("--temperature", type=float,
-                      help="flows: scale of the prior; autoregressive: divides the logits (default 1)")
+    """The sampler flags of `sample` and `eval --fid`, generated from the families' declarations; which family
+    takes which is checked against the loaded run's family (``sampler_options``)."""
+    opts = parser.add_argument_group("sampler options (each family takes those it declares: see 'genzoo list')")
+    for option in declared_sampler_options().values():
+        takers = [name for name, fam in FAMILIES.items() if option in fam.sample_options
+                  or any(o.name == option.name for o in fam.sample_options)]
+        opts.add_argument(option.cli_flag, dest=f"sampler_{option.name}",
+                          type=parse_bool if option.type is bool else option.type,
+                          metavar="BOOL" if option.type is bool else None,
+                          help=f"{', '.join(takers)}: {option.help}")
     return opts
+
+
+def given_sampler_options(args) -> dict:
+    return {name: getattr(args, f"sampler_{name}") for name in declared_sampler_options()
+            if getattr(args, f"sampler_{name}", None) is not None}
 
 
 def positive(name: str, value: int) -> None:
@@ -144,34 +153,18 @@ def default_out(family: str, dataset: str) -> Path:
 
 def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
     family = get_family(args.family)
+    model, train = given_flags(family.Config, args), given_flags(TrainConfig, args)
+    ev = given_flags(EvalConfig, args, prefix="eval-")
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue.")
         saved = runs.read_config(args.out)
         if saved.family != args.family:
             raise ConfigError(f"{args.out} is a {saved.family} run, not a {args.family} run.")
-        given = {("model", k): v for k, v in given_flags(family.Config, args).items()}
-        given.update({("train", k): v for k, v in given_flags(TrainConfig, args).items()})
-        for (section, key), value in given.items():
-            old = getattr(getattr(saved, section), key)
-            if value != old and key not in RESUMABLE_CHANGES:
-                raise ConfigError(f"--{key.replace('_', '-')} {value} differs from the run's saved value {old}; a "
-                                  f"resumed run keeps its settings (only --epochs, --max-steps, --time-limit and --device may change).")
-        cfg = runs.RunConfig(
-            family=saved.family, model=saved.model,
-            train=from_args(TrainConfig, args, base=saved.train),
-            eval=from_args(EvalConfig, args, base=saved.eval, prefix="eval-"),
-        )
-        return cfg, args.out
-    dataset = args.dataset if args.dataset is not None else TrainConfig().dataset
-    toy = family.points_defaults if dataset in TOY_DATASETS else {}  # 2-D toy data train best with other settings
-    cfg = runs.RunConfig(family=args.family, model=from_args(family.Config, args, base=family.Config(**toy.get("model", {}))),
-                         train=from_args(TrainConfig, args,
-                                         base=TrainConfig(**{**family.train_defaults, **toy.get("train", {})})),
-                         eval=from_args(EvalConfig, args, base=EvalConfig(**family.final_eval_defaults),
-                                        prefix="eval-"))
+        return runs.resumed_config(saved, model, train, ev), args.out
+    cfg = runs.new_config(args.family, model, train, ev)
     out = args.out if args.out is not None else default_out(args.family, cfg.train.dataset)
-    if out.exists() and (not out.is_dir() or any(p.name != runs.LOCK for p in out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != storage.LOCK for p in out.iterdir())):
         raise ConfigError(f"{out} already exists and is not empty; continue that run with --resume, "
                           f"or choose another --out.")
     return cfg, out
@@ -194,7 +187,6 @@ def cmd_train(args) -> int:
 # --- sample, eval, list ----------------------------------------------------------------------------
 def cmd_sample(args) -> int:
     from genzoo.plots import density_image, points_extent, read_image, save_grid
-    from genzoo.trainer import pick_device
 
     positive("--n", args.n)
     if args.seed < 0:
@@ -208,17 +200,15 @@ def cmd_sample(args) -> int:
     model = run.model
     gen = torch.Generator(device=device).manual_seed(args.seed)
     torch.manual_seed(args.seed)
+    options = {**sampler_options(args, model, device), "progress": sys.stderr.isatty()}
     if args.complete is not None:
-        if not hasattr(model, "complete"):
+        if not model.can_complete:
             raise ConfigError(f"the {model.family} family cannot complete an image; --complete needs an "
                               f"autoregressive model (pixelcnn).")
         given = model.from_image(read_image(args.complete, model.image_shape)).to(device)
-        x = model.complete(given, args.n, generator=gen, **sampler_options(args, model, model.complete, device))
-        half = given.clone()
-        half[:, model.image_shape[1] // 2:] = 0.0
-        x = torch.cat([model.to_image(half)[None], x])  # the given half first, then the completions
+        x = model.completion_grid(given, args.n, gen, **options)
     else:
-        x = model.sample(args.n, gen, **sampler_options(args, model, model.sample, device))
+        x = model.sample(args.n, gen, **options)
     if x.dim() == 2:  # points (toy data): one picture of their density
         x = density_image(x, points_extent(x))[None]
     count = len(x)
@@ -230,24 +220,14 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def sampler_options(args, model, sampler, device, n: int | None = None) -> dict:
-    """The sampler flags that were given, checked against what this family's ``sampler`` method accepts."""
-    import inspect
-
-    given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
-    accepted = inspect.signature(sampler).parameters
-    options = {}
-    for key, value in given.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{key} must be a finite number; got {value}.")
-        name = {"label": "y"}.get(key, key)
-        if name not in accepted:
-            raise ConfigError(f"the {model.family} family's sampler takes no {sampler_flag(key)} option.")
-        options[name] = value
+def sampler_options(args, model, device, n: int | None = None) -> dict:
+    """The sampler flags that were given, checked against the options the run's family declares."""
+    options = given_sampler_options(args)
+    model.check_sample_options(**options)
     if "y" in options:
+        if not model.class_conditional:
+            raise ConfigError(f"the {model.family} family cannot draw a chosen class (--class).")
         options["y"] = torch.full((n or args.n,), options["y"], dtype=torch.long, device=device)
-    if "progress" in accepted:
-        options["progress"] = sys.stderr.isatty()
     return options
 
 
@@ -279,7 +259,6 @@ def format_metrics(result: dict) -> str:
 
 def cmd_eval(args) -> int:
     from genzoo.evaluate import FID_SAMPLES, evaluate, sample_quality
-    from genzoo.trainer import pick_device
 
     device = pick_device(args.device)
     run = runs.load_run(args.run, device=device)
@@ -287,19 +266,18 @@ def cmd_eval(args) -> int:
         positive("--batch-size", args.batch_size)
         n = args.n or FID_SAMPLES
         data = load_dataset(run.config.train.dataset)
-        options = sampler_options(args, run.model, run.model.sample, device, n)
-        options.pop("progress", None)
+        options = sampler_options(args, run.model, device, n)
         reference = None if args.reference == "auto" else args.reference
         result = sample_quality(run.model, data, n, device, reference, args.batch_size,
                                 progress=sys.stderr.isatty(), **options)
         out = args.run / runs.FID_EVAL
-        runs.write_json(out, result)
+        storage.write_json(out, result)
         print(format_quality(result))
         print(f"written to {out}")
         return 0
     given = [flag for flag, value in (("--reference", args.reference != "auto"),
                                       ("--batch-size", args.batch_size != FID_BATCH)) if value]
-    given += [sampler_flag(k) for k in SAMPLER_FLAGS if getattr(args, k) is not None]
+    given += [declared_sampler_options()[k].cli_flag for k in given_sampler_options(args)]
     if given:
         raise ConfigError(f"{given[0]} applies to sample quality only; add --fid.")
     cfg = from_args(EvalConfig, args, base=EvalConfig(**type(run.model).eval_defaults))
@@ -307,7 +285,7 @@ def cmd_eval(args) -> int:
     result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty())
     result["eval_config"] = dataclasses.asdict(cfg)
     out = args.run / runs.eval_file(cfg.split)
-    runs.write_json(out, result)
+    storage.write_json(out, result)
     print(format_metrics(result))
     print(f"written to {out}")
     return 0
@@ -325,7 +303,8 @@ def format_quality(result: dict) -> str:
 
 
 def cmd_bench(args) -> int:
-    from genzoo.bench import bench, leaderboard_markdown
+    from genzoo.bench import bench
+    from genzoo.tables import leaderboard_markdown
 
     positive("--fid-n", args.fid_n)
     if not math.isfinite(args.budget_minutes) or args.budget_minutes <= 0:
@@ -362,8 +341,10 @@ def cmd_report(args) -> int:
 def cmd_list(args) -> int:
     print("families:")
     for name, family in FAMILIES.items():
-        views = getattr(family, "views_offered", None) or f"'{family.view}'"
+        views = family.views_offered or f"'{family.view}'"
         print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view {views}")
+        if family.capabilities():
+            print(f"  {'':<14} sample: {' '.join(family.capabilities())}")
     print("datasets:")
     for name, spec in DATASETS.items():
         found = locate(spec)

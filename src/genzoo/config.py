@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from genzoo.data.datasets import DATASETS
+from genzoo.data.toy import TOY_DATASETS
+from genzoo.devices import DEVICES, PRECISIONS
 from genzoo.errors import ConfigError
 
 
@@ -40,7 +43,7 @@ class TrainConfig:
     """Settings of the one trainer, shared by every family."""
 
     dataset: str = option("mnist", "data set to train on (toy-ring: 2-D points, for gan and ebm)",
-                          choices=("mnist", "fashion-mnist", "toy-ring"))
+                          choices=(*DATASETS, *TOY_DATASETS))
     epochs: int = option(10, "number of passes over the training split", min=1)
     batch_size: int = option(128, "examples per optimizer step", min=1)
     lr: float = option(1e-3, "Adam learning rate", gt=0.0)
@@ -49,16 +52,22 @@ class TrainConfig:
     weight_decay: float = option(0.0, "Adam weight decay", min=0.0)
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)", min=0.0)
     ema_decay: float = option(0.0, "decay of the exponential moving average of weights (0 = off)", min=0.0, lt=1.0)
+    ema_warmup: bool = option(False, "raise the EMA decay with the step, min(decay, (1 + n) / (10 + n)), so that a "
+                                     "short run's average does not lag")
     seed: int = option(0, "random seed (weights, data order, noise)", min=0)
     device: str = option("auto", "device to train on (auto picks cuda, then mps, then cpu)",
-                         choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = option("fp32", "arithmetic of the training forward pass: fp32, or bf16 autocast (fast on CPUs "
-                                    "with AMX or AVX-512-BF16 and on recent GPUs; evaluation stays fp32)",
-                            choices=("fp32", "bf16"))
+                         choices=DEVICES)
+    precision: str = option("auto", "arithmetic of the training forward pass: fp32, bf16 autocast, or auto: bf16 "
+                                    "where it is native (CPUs with AMX or AVX-512-BF16, recent GPUs), fp32 elsewhere; "
+                                    "evaluation and checkpoints stay fp32", choices=PRECISIONS)
     max_steps: int = option(0, "stop after this many optimizer steps in all (0 = no limit)", min=0)
     time_limit: float = option(0.0, "stop after this many minutes of training in all, resumes included (0 = no limit)",
                                min=0.0)
     subset: int = option(0, "use only the first N examples of each split (0 = all; for smoke runs)", min=0)
+    final_eval: str = option("auto", "the evaluation that ends training: full (the --eval-* settings), quick (a few "
+                                     "hundred examples and short pictures), skip (pictures only; score later with "
+                                     "`genzoo eval`), or auto: full after at least one whole epoch, quick before",
+                             choices=("auto", "full", "quick", "skip"))
 
 
 @dataclass
@@ -73,11 +82,14 @@ class EvalConfig:
     ais_temperatures: int = option(1000, "AIS: intermediate distributions between the uniform box and the model",
                                    min=1)
     ais_step: float = option(0.01, "AIS: MALA step size at the model's temperature (data units)", gt=0.0)
+    ode_steps: int = option(50, "flows by ODE: RK4 steps of the likelihood's ODE (4 evaluations each)", min=1)
+    probes: int = option(1, "flows by ODE: Hutchinson probes per evaluation of the divergence (0 = exact: one "
+                            "backward pass per dimension, for small inputs)", min=0)
 
 
 def validate(cfg: Any, prefix: str = "--") -> Any:
-    """``prefix`` names the fields in messages: "--" for flags, "train: " for a config file's section."""
-    """Check every field of a config dataclass against its metadata; raise ConfigError on the first problem."""
+    """Check every field of a config dataclass against its metadata; raise ConfigError on the first problem.
+    ``prefix`` names the fields in messages: "--" for flags, "train: " for a config file's section."""
     hints = get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)

@@ -15,8 +15,10 @@ How the trainer divides the work (trainer.py):
   with equal shards this is the gradient of the mean loss over the global batch, so a deterministic family
   trains to the same weights as one process (tested with two gloo processes).
 - Each rank draws the model's own noise (a VAE's epsilon, a GAN's z, Langevin noise) from its own seed.
-- The loss logged, and every decision to stop (time limit, a signal, a non-finite loss), is agreed across ranks,
-  so no rank is left waiting in a collective.
+- The loss logged, and every decision to stop (time limit, a signal, a non-finite loss), is agreed across ranks
+  in one all-reduce every ``Trainer.sync_every`` steps and at the end of every epoch (not every step: a
+  collective per step costs time), so no rank is left waiting in a collective. A non-finite loss seen by
+  one rank stops all of them at the next agreement; the checkpoint on disk is the last good one.
 - Only rank 0 writes the run folder; a checkpoint written under DDP is an ordinary one (it loads and resumes in
   a single process).
 - GAN: both players are in one DDP module; each player's step runs its loss through it and all-reduces the
@@ -92,22 +94,15 @@ def shard(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     return x[ctx.rank * n:(ctx.rank + 1) * n]
 
 
-def mean(value: float, ctx: Context, device: torch.device) -> float:
-    """The mean of a scalar over the ranks (NaN anywhere makes it NaN everywhere)."""
+def agree(value: float, flags: tuple[bool, ...], ctx: Context, device: torch.device) -> tuple[float, tuple[bool, ...]]:
+    """In one all-reduce: the mean of a scalar over the ranks (NaN anywhere makes it NaN everywhere), and each
+    flag true on every rank if it is true on one."""
     if not ctx.active:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return value, flags
+    t = torch.tensor([value, *(float(f) for f in flags)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.item() / ctx.world
-
-
-def any_rank(flags: tuple[bool, ...], ctx: Context, device: torch.device) -> tuple[bool, ...]:
-    """Each flag true on every rank if it is true on one (one all-reduce for all of them)."""
-    if not ctx.active:
-        return flags
-    t = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return tuple(bool(v) for v in t.tolist())
+    values = t.tolist()
+    return values[0] / ctx.world, tuple(v > 0 for v in values[1:])
 
 
 def wrap(model: torch.nn.Module, ctx: Context, device: torch.device, players: int, broadcast_buffers: bool):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -18,7 +19,7 @@ from genzoo import theory
 from genzoo.config import EvalConfig
 from genzoo.data.datasets import ImageDataset
 from genzoo.data.toy import TOY_DATASETS, ToySpec, grid_kl, mode_metrics
-from genzoo.data.views import get_view
+from genzoo.data.views import get_view, reports_bits_per_dim
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 
@@ -96,15 +97,21 @@ def ais_scores(model: GenerativeModel, x: torch.Tensor, cfg: EvalConfig, device:
             "ais_box": [low, high]}
 
 
+def eval_header(model: GenerativeModel, data: ImageDataset, split: str, n_examples: int) -> dict:
+    """What every evaluation result starts with: what was scored, on which data, in which view."""
+    return {"family": model.family, "kind": model.kind.value, "dataset": data.name, "split": split,
+            "view": model.view, "n_examples": n_examples}
+
+
 @torch.no_grad()
 def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device: torch.device,
-             progress: bool = True) -> dict:
-    """The metrics the model's kind allows, on ``cfg.split``, as a JSON-ready dict."""
+             progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """The metrics the model's kind allows, on ``cfg.split``, as a JSON-ready dict. ``log`` is told, after the
+    first batch, how long the whole evaluation will take."""
     model.eval()
     x = eval_tensor(model, data, cfg.split, cfg.n)
     dims = x[0].numel()
-    out: dict = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "split": cfg.split,
-                 "view": model.view, "n_examples": len(x)}
+    out: dict = eval_header(model, data, cfg.split, len(x))
     if data.name in TOY_DATASETS:
         out.update(toy_scores(model, TOY_DATASETS[data.name], cfg.n or 2500, device))
     if model.kind is DensityKind.IMPLICIT:
@@ -121,24 +128,29 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
         return out
     per_example: dict[str, list[torch.Tensor]] = {}
     batch = 100
+    tick = time.perf_counter()
     with isolated_rng(EVAL_SEED, device):
         bar = tqdm(range(0, len(x), batch), desc=f"eval {cfg.split}", unit="batch", disable=not progress or None,
                    leave=False)
         for start in bar:
+            if start == batch and log is not None and len(x) > 2 * batch:
+                per_batch = time.perf_counter() - tick
+                log(f"evaluating {len(x)} {cfg.split} images: about {per_batch * len(x) / batch / 60:.1f} minutes "
+                    f"in all")
             xb = x[start:start + batch].to(device)
             if model.kind is DensityKind.EXACT:
-                per_example.setdefault("nll", []).append(-model.log_prob(xb).cpu())
+                per_example.setdefault("nll", []).append(-model.log_prob(xb, **model.likelihood_options(cfg)).cpu())
             else:
                 per_example.setdefault("neg_elbo", []).append(-model.elbo(xb).cpu())
-                if hasattr(model, "log_likelihood_estimate"):
+                if model.importance_weighted:
                     per_example.setdefault("nll", []).append(-model.log_likelihood_estimate(xb, cfg.iwae_k).cpu())
     for key, parts in per_example.items():
         mean, se = _mean_and_stderr(torch.cat(parts))
         out[f"{key}_nats"] = mean
         out[f"{key}_nats_stderr"] = se
-        if model.view == "uint8":
+        if reports_bits_per_dim(model.view):
             out[f"{key}_bits_per_dim"] = theory.nats_to_bits_per_dim(mean, dims)
-    if model.kind is DensityKind.EXACT and getattr(model, "nll_estimator", None):
+    if model.kind is DensityKind.EXACT and model.nll_estimator:
         out["nll_estimator"] = model.nll_estimator
     if model.kind is DensityKind.BOUND and "nll" in per_example:
         out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genzoo import runs
+from genzoo import storage
 from genzoo.data.datasets import ImageDataset
 from genzoo.data.views import get_view
 from genzoo.errors import ConfigError
@@ -45,9 +45,9 @@ def weights_path(dataset: str) -> Path:
 @functools.cache
 def _load(dataset: str) -> tuple[SmallCNN, dict[str, torch.Tensor], dict[str, str]]:
     path = weights_path(dataset)
-    tensors, meta = runs.load_tensors(path)
+    tensors, meta = storage.load_tensors(path)
     net = SmallCNN(dropout=DROPOUT)
-    runs.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
+    storage.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
     net.eval().requires_grad_(False)
     return net, {k: v for k, v in tensors.items() if k.startswith("ref.")}, meta
 
@@ -111,8 +111,8 @@ def shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.
 def train_classifier(data: ImageDataset, epochs: int, seed: int = 0, batch_size: int = 128, lr: float = 2e-3,
                      max_shift: int = 2, flips: bool = False, log=print) -> tuple[SmallCNN, float]:
     """Train a SmallCNN on the training split with random shifts of up to ``max_shift`` pixels (and horizontal
-    flips if ``flips``), Adam with a one-cycle schedule, bf16 autocast on channels-last tensors (2.6x faster on a CPU
-    with AMX; the features are later computed in float32); returns the net in eval mode and its test accuracy."""
+    flips if ``flips``), Adam with a one-cycle schedule, bf16 autocast on channels-last tensors (the features are
+    later computed in float32); returns the net in eval mode and its test accuracy."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     net = SmallCNN(dropout=DROPOUT).to(memory_format=torch.channels_last)

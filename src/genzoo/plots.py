@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from genzoo.errors import DataError
-from genzoo.runs import atomic_write
+from genzoo.storage import atomic_write
 
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:

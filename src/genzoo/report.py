@@ -16,8 +16,8 @@ import html
 import json
 from pathlib import Path
 
-from genzoo import runs
-from genzoo.bench import best_test_eval, format_nll, nll_entry
+from genzoo import runs, storage
+from genzoo.tables import best_test_eval, format_nll, nll_entry
 from genzoo.errors import RunError
 
 PICTURES = {  # file stem -> caption, in the order they are shown
@@ -57,7 +57,7 @@ def _img(path: Path, caption: str) -> str:
 
 
 def _optional_json(path: Path) -> dict | None:
-    return runs.read_json(path) if path.is_file() else None
+    return storage.read_json(path) if path.is_file() else None
 
 
 def run_record(run_dir: Path) -> dict:
@@ -67,7 +67,7 @@ def run_record(run_dir: Path) -> dict:
     summary = _optional_json(run_dir / runs.SUMMARY)
     if summary is None:
         raise RunError(f"{run_dir} has no {runs.SUMMARY} yet: finish or resume its training first.")
-    evals = {p.stem: runs.read_json(p) for p in sorted(run_dir.glob("eval-*.json"))}
+    evals = {p.stem: storage.read_json(p) for p in sorted(run_dir.glob("eval-*.json"))}
     pictures = [(run_dir / f"{stem}.png", caption) for stem, caption in PICTURES.items()
                 if (run_dir / f"{stem}.png").is_file()]
     pictures += [(p, p.stem) for p in sorted(run_dir.glob("*.png")) if p.stem not in PICTURES]
@@ -140,5 +140,5 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     records = [run_record(d) for d in run_dirs]  # every folder is read before anything is written
     out = Path(out)
     text = render(records)
-    runs.atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    storage.atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out

@@ -9,30 +9,28 @@
     .lock                     held (flock) by the process training the folder, so a second training is refused
 
 Nothing is ever unpickled: tensors live in safetensors files, everything else in JSON (the checkpoint's
-counters and optimizer hyper-parameters sit in the safetensors header's metadata). Every file is written to a
-temporary name in the same folder, flushed to disk and renamed over the old one, so a crash at any moment
-leaves the previous complete file in place.
+counters and optimizer hyper-parameters sit in the safetensors header's metadata). How files are written
+(atomically) and the lock live in ``storage``; this module knows what a run holds and how it is rebuilt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
 
-from genzoo import __version__
+from genzoo._version import __version__
+from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict, validate
 from genzoo.data.datasets import data_shape
-from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict
+from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError, RunError
+from genzoo.models import get_family
+from genzoo.storage import PICKLE_SUFFIXES, atomic_write, load_tensors, load_weights, read_json, save_tensors
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -41,107 +39,12 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 FID_EVAL = "eval-fid.json"  # `genzoo eval RUN --fid`; `genzoo eval RUN` writes eval_file(split)
 CHECKPOINT_FORMAT = "genzoo-checkpoint-2"  # 2: one optimizer per player (optim.PLAYER.*)
+# Settings a resumed run may change; everything else is fixed by the run's config.json.
+RESUMABLE_CHANGES = ("epochs", "max_steps", "time_limit", "device", "final_eval")
 
 
 def eval_file(split: str) -> str:
     return f"eval-{split}.json"
-
-
-# --- atomic writes -------------------------------------------------------------------------------------
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename tmp over ``path``; ``path`` is never half-written. A write that
-    fails (a full disk, a file-size limit, no permission) is a RunError, and the previous ``path`` is intact."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror or e}.") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as e:
-        Path(tmp).unlink(missing_ok=True)
-        what = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
-        kept = "the previous file is intact" if path.exists() else "nothing was written"
-        raise RunError(f"could not write {path} ({what}); {kept}.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-LOCK = ".lock"
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")  # torch.save and pickle files: never loaded
-
-
-@contextmanager
-def training_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on RUN/.lock while training it: a second training of the same folder (two resumes,
-    or two benches) is refused instead of interleaving writes. The kernel drops the lock when the process ends,
-    however it ends, so a crash never leaves a folder locked. (Without fcntl, on Windows, nothing is locked.)"""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunError(f"{run_dir} is being trained by another process (pid {holder}); wait for it to end, "
-                           f"or train into another folder.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from a file; a missing or damaged one is a RunError that names it."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path}: no such file.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path} is damaged: not valid JSON ({e}).") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} is damaged: not a JSON object.")
-    return data
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file; a damaged one is a RunError that names it."""
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:  # one read gives both the header and the tensors
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except FileNotFoundError:
-        raise RunError(f"{path}: no such file.") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise RunError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e}).") from None
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -157,8 +60,37 @@ class RunConfig:
                 "train": to_dict(self.train), "eval": to_dict(self.eval)}
 
 
+def new_config(family: str, model: dict | None = None, train: dict | None = None,
+               eval: dict | None = None) -> RunConfig:
+    """The configuration of a new run: the family's defaults (its defaults for 2-D points when ``train`` names a
+    toy data set), overridden by the given settings, every value validated. The one place a RunConfig is made."""
+    fam = get_family(family)
+    train = dict(train or {})
+    toy = fam.points_defaults if train.get("dataset", TrainConfig().dataset) in TOY_DATASETS else {}
+    return RunConfig(
+        family=family,
+        model=validate(fam.Config(**{**toy.get("model", {}), **(model or {})}), prefix="--"),
+        train=validate(TrainConfig(**{**fam.train_defaults, **toy.get("train", {}), **train}), prefix="--"),
+        eval=validate(EvalConfig(**{**fam.final_eval_defaults, **(eval or {})}), prefix="--eval-"))
+
+
+def resumed_config(saved: RunConfig, model: dict | None = None, train: dict | None = None,
+                   eval: dict | None = None) -> RunConfig:
+    """A saved run's configuration with the changes a resume allows (RESUMABLE_CHANGES, and any final-evaluation
+    setting); a change to anything else is refused, naming it."""
+    for section, given in (("model", model or {}), ("train", train or {})):
+        for key, value in given.items():
+            old = getattr(getattr(saved, section), key)
+            if value != old and key not in RESUMABLE_CHANGES:
+                allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_CHANGES)
+                raise ConfigError(f"--{key.replace('_', '-')} {value} differs from the run's saved value {old}; a "
+                                  f"resumed run keeps its settings (only {allowed} may change).")
+    return dataclasses.replace(
+        saved, train=validate(dataclasses.replace(saved.train, **(train or {})), prefix="--"),
+        eval=validate(dataclasses.replace(saved.eval, **(eval or {})), prefix="--eval-"))
+
+
 def read_config(run_dir: Path) -> RunConfig:
-    from genzoo.models import get_family
     path = Path(run_dir) / CONFIG
     if not Path(run_dir).is_dir():
         raise RunError(f"{run_dir} is not a run folder (no such directory).")
@@ -181,31 +113,11 @@ def read_config(run_dir: Path) -> RunConfig:
 
 # --- models --------------------------------------------------------------------------------------
 def build_model(cfg: RunConfig, image_shape: tuple[int, ...]):
-    from genzoo.models import get_family
     family = get_family(cfg.family)
     if len(image_shape) == 1 and not family.takes_points:
         raise ConfigError(f"the {cfg.family} family models images; {cfg.train.dataset} is a set of 2-D points "
                           f"(the gan and ebm families train on it).")
     return family(cfg.model, image_shape)
-
-
-def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path | str) -> None:
-    """Load a state dict strictly: missing, unexpected or mis-shaped tensors are a RunError."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s) such as '{missing[0]}'")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s) such as '{unexpected[0]}'")
-        raise RunError(f"{where} does not match the model in config.json: {'; '.join(parts)}.")
-    for k, v in tensors.items():
-        if v.shape != own[k].shape or v.dtype != own[k].dtype:
-            raise RunError(f"{where} does not match the model in config.json: tensor '{k}' has shape "
-                           f"{tuple(v.shape)} ({v.dtype}), expected {tuple(own[k].shape)} ({own[k].dtype}).")
-    module.load_state_dict(tensors)
 
 
 @dataclass
@@ -215,10 +127,6 @@ class Run:
     path: Path
     config: RunConfig
     model: Any
-
-    def summary(self) -> dict | None:
-        p = self.path / SUMMARY
-        return json.loads(p.read_text()) if p.is_file() else None
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
@@ -256,3 +164,87 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in rows)
     atomic_write(Path(run_dir) / METRICS, lambda tmp: Path(tmp).write_text(text))
+
+
+# --- the checkpoint ------------------------------------------------------------------------------
+# One safetensors file: model.*, ema.*, optim.PLAYER.PID.NAME (the optimizer's tensors), rng.* (torch, data and
+# CUDA generator states); its metadata holds the format, the trainer's counters (``progress``) and the optimizers'
+# non-tensor state (param_groups, optim_scalars) as JSON.
+def save_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module | None,
+                    optimizers: dict[str, torch.optim.Optimizer], rng: dict[str, torch.Tensor], progress: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    optim_scalars: dict[str, dict] = {}
+    param_groups: dict[str, list] = {}
+    for player, optimizer in optimizers.items():
+        opt = optimizer.state_dict()
+        param_groups[player] = opt["param_groups"]
+        optim_scalars[player] = {}
+        for pid, st in opt["state"].items():
+            for name, value in st.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{player}.{pid}.{name}"] = value
+                else:
+                    optim_scalars[player][f"{pid}.{name}"] = value
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    metadata = {"format": CHECKPOINT_FORMAT, "progress": json.dumps(progress),
+                "param_groups": json.dumps(param_groups), "optim_scalars": json.dumps(optim_scalars)}
+    save_tensors(path, tensors, metadata)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module | None,
+                    optimizers: dict[str, torch.optim.Optimizer], device: torch.device) -> tuple[dict, dict]:
+    """Load a checkpoint into the model, its EMA and its optimizers; returns (progress, rng states). Nothing is
+    changed unless the whole file fits: a damaged or foreign checkpoint is a RunError that names it."""
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} is not a genzoo checkpoint (format {meta.get('format')!r}).")
+    try:
+        progress = json.loads(meta["progress"])
+        param_groups = json.loads(meta["param_groups"])
+        optim_scalars = json.loads(meta["optim_scalars"])
+        if not isinstance(progress, dict) or not isinstance(param_groups, dict) or not isinstance(optim_scalars, dict):
+            raise TypeError("not JSON objects")
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path} is damaged: its metadata cannot be read ({e}).") from None
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
+    for key, value in tensors.items():
+        head, _, rest = key.partition(".")
+        if head not in groups:
+            raise RunError(f"{path} is damaged: unexpected tensor '{key}'.")
+        groups[head][rest] = value
+    if set(param_groups) != set(optimizers):
+        raise RunError(f"{path} does not fit this run (its optimizers are {', '.join(param_groups)}).")
+    states: dict[str, dict[int, dict]] = {player: {} for player in optimizers}
+    for key, value in groups["optim"].items():
+        player, pid, name = key.split(".", 2)
+        if player not in states:
+            raise RunError(f"{path} is damaged: unexpected tensor 'optim.{key}'.")
+        states[player].setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
+    for player, scalars in optim_scalars.items():
+        for key, value in scalars.items():
+            pid, name = key.split(".", 1)
+            states[player].setdefault(int(pid), {})[name] = value
+    for g in (g for groups_ in param_groups.values() for g in groups_):
+        for k, v in g.items():
+            if k != "params" and isinstance(v, list):
+                g[k] = tuple(v)
+    load_weights(model, groups["model"], path)
+    if ema is not None:
+        load_weights(ema, groups["ema"], path)
+    try:
+        for player, optimizer in optimizers.items():
+            optimizer.load_state_dict({"state": states[player], "param_groups": param_groups[player]})
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise RunError(f"{path} does not fit this run ({str(e).splitlines()[0]}).") from None
+    return progress, groups["rng"]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step a checkpoint was written at (None when there is none), reading only its header."""
+    if not Path(path).is_file():
+        return None
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["progress"])["step"]

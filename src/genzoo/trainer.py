@@ -17,7 +17,7 @@ how the batch is divided, what is agreed across ranks and what only rank 0 does.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import signal
 import threading
@@ -30,15 +30,17 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from genzoo import distributed, runs
+from genzoo import distributed, runs, storage
+from genzoo.devices import channels_last_for, pick_device, resolve_precision, set_channels_last
 from genzoo.data.datasets import ImageDataset, load_dataset
 from genzoo.data.views import batch_indices, get_view
 from genzoo.errors import ConfigError, GenzooError, ModelDiverged, RunError, TrainingDiverged
-from genzoo.evaluate import evaluate, eval_tensor, isolated_rng, validation_metrics
+from genzoo.evaluate import eval_header, evaluate, eval_tensor, isolated_rng, validation_metrics
 from genzoo.models.base import GenerativeModel
 from genzoo.plots import plot_curves, save_grid
 
 PICTURE_SEED = 1234  # the noise behind samples.png and friends
+QUICK_VALIDATION = 500  # validation images of a run stopped within its first epoch
 
 
 def learning_rate(step: int, total_steps: int, base: float, schedule: str, warmup_steps: int) -> float:
@@ -51,20 +53,15 @@ def learning_rate(step: int, total_steps: int, base: float, schedule: str, warmu
     return base
 
 
+def ema_decay_at(updates: int, decay: float, warmup: bool) -> float:
+    """The EMA decay after ``updates`` updates: fixed, or with the warm-up min(decay, (1 + n) / (10 + n)) (the
+    num_updates rule of TensorFlow's ExponentialMovingAverage), so that a short run's average does not lag
+    behind its early weights (0.999 alone still remembers the random initialisation after a thousand steps)."""
+    return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
+
+
 class Interrupted(GenzooError):
     exit_code = 130
-
-
-def pick_device(name: str) -> torch.device:
-    """auto -> cuda, then mps, then cpu; an explicit device that is not available is an error."""
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but this torch build sees no CUDA device.")
-    if name == "mps" and not has_mps:
-        raise ConfigError("--device mps was asked for, but this machine has no MPS device.")
-    return torch.device(name)
 
 
 @dataclass
@@ -81,6 +78,7 @@ class Progress:
 
 
 class Trainer:
+    sync_every = 25  # optimizer steps between the agreements of the ranks of a distributed training
     def __init__(self, model: GenerativeModel, run_dir: Path, cfg: runs.RunConfig, data: ImageDataset,
                  log: Callable[[str], None] = print, progress_bar: bool = True,
                  ctx: distributed.Context | None = None):
@@ -92,6 +90,9 @@ class Trainer:
         self.log = log if ctx.is_main else (lambda message: None)
         self.progress_bar = progress_bar and ctx.is_main
         self.device = distributed.device_for(ctx, pick_device(self.tcfg.device))
+        self.precision = resolve_precision(self.tcfg.precision, self.device)
+        self.channels_last = channels_last_for(self.precision, self.device)
+        set_channels_last(model, self.channels_last)
         self.model = model.to(self.device)
         # what runs the loss methods: the DDP wrapper (which averages gradients across ranks) or the model
         self.net = distributed.wrap(self.model, ctx, self.device, len(model.players), model.ddp_broadcast_buffers)
@@ -99,15 +100,22 @@ class Trainer:
         self.optimizers = {player: torch.optim.Adam(self.model.player_parameters(player), lr=self.tcfg.lr,
                                                     weight_decay=self.tcfg.weight_decay, **model.optimizer_options)
                            for player in model.players}
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.tcfg.ema_decay), use_buffers=True)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=self._ema_average, use_buffers=True)
                     if self.tcfg.ema_decay > 0 else None)
         self.data_gen = torch.Generator(device=self.device).manual_seed(self.tcfg.seed + 1)
         self.state = Progress()
         self.metrics: list[dict] = []
         self._stop_signal: int | None = None
+        self._pending_loss = 0.0  # the sum of this rank's step losses since the ranks last agreed
+        self._nonfinite: str | None = None  # what went non-finite on this rank, until the ranks agree to stop
         self._val_x = eval_tensor(model, data, "val")
         self._train_images = data.train.images.to(self.device)
         self._train_labels = data.train.labels.to(self.device)
+
+    def _ema_average(self, ema_params: list, params: list, num_averaged: torch.Tensor) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, with the decay of ``ema_decay_at`` after num_averaged updates."""
+        decay = ema_decay_at(int(num_averaged), self.tcfg.ema_decay, self.tcfg.ema_warmup)
+        get_ema_multi_avg_fn(decay)(ema_params, params, num_averaged)
 
     @property
     def eval_model(self) -> GenerativeModel:
@@ -118,83 +126,26 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.ctx.is_main:  # the ranks hold the same weights and optimizer states; rank 0 writes
             return
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        if self.ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        optim_scalars: dict[str, dict] = {}
-        param_groups: dict[str, list] = {}
-        for player, optimizer in self.optimizers.items():
-            opt = optimizer.state_dict()
-            param_groups[player] = opt["param_groups"]
-            optim_scalars[player] = {}
-            for pid, st in opt["state"].items():
-                for name, value in st.items():
-                    if torch.is_tensor(value):
-                        tensors[f"optim.{player}.{pid}.{name}"] = value
-                    else:
-                        optim_scalars[player][f"{pid}.{name}"] = value
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.data"] = self.data_gen.get_state()
+        rng = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}
         if self.device.type == "cuda":
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
-        metadata = {"format": runs.CHECKPOINT_FORMAT, "progress": json.dumps(asdict(self.state)),
-                    "param_groups": json.dumps(param_groups), "optim_scalars": json.dumps(optim_scalars)}
-        runs.save_tensors(self.run_dir / runs.CHECKPOINT, tensors, metadata)
-        runs.save_tensors(self.run_dir / runs.MODEL, self.eval_model.state_dict())
+            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        runs.save_checkpoint(self.run_dir / runs.CHECKPOINT, self.model, self.ema, self.optimizers, rng,
+                             asdict(self.state))
+        storage.save_tensors(self.run_dir / runs.MODEL, self.eval_model.state_dict())
 
     def load_checkpoint(self) -> None:
         path = self.run_dir / runs.CHECKPOINT
-        tensors, meta = runs.load_tensors(path)
-        legacy = meta.get("format") == "genzoo-checkpoint-1"  # one optimizer, before families had players
-        if meta.get("format") != runs.CHECKPOINT_FORMAT and not legacy:
-            raise RunError(f"{path} is not a genzoo checkpoint (format {meta.get('format')!r}).")
+        progress, rng = runs.load_checkpoint(path, self.model, self.ema, self.optimizers, self.device)
         try:
-            progress = Progress(**json.loads(meta["progress"]))
-            param_groups = json.loads(meta["param_groups"])
-            optim_scalars = json.loads(meta["optim_scalars"])
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise RunError(f"{path} is damaged: its metadata cannot be read ({e}).") from None
-        groups = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
-        for key, value in tensors.items():
-            head, _, rest = key.partition(".")
-            if head not in groups:
-                raise RunError(f"{path} is damaged: unexpected tensor '{key}'.")
-            groups[head][rest] = value
-        if legacy:
-            param_groups, optim_scalars = {"model": param_groups}, {"model": optim_scalars}
-            groups["optim"] = {f"model.{k}": v for k, v in groups["optim"].items()}
-        runs.load_weights(self.model, groups["model"], path)
-        if self.ema is not None:
-            runs.load_weights(self.ema, groups["ema"], path)
-        if set(param_groups) != set(self.optimizers):
-            raise RunError(f"{path} does not fit this run (its optimizers are {', '.join(param_groups)}).")
-        states: dict[str, dict[int, dict]] = {player: {} for player in self.optimizers}
-        for key, value in groups["optim"].items():
-            player, pid, name = key.split(".", 2)
-            if player not in states:
-                raise RunError(f"{path} is damaged: unexpected tensor 'optim.{key}'.")
-            states[player].setdefault(int(pid), {})[name] = value.to(self.device) if name != "step" else value
-        for player, scalars in optim_scalars.items():
-            for key, value in scalars.items():
-                pid, name = key.split(".", 1)
-                states[player].setdefault(int(pid), {})[name] = value
-        for g in (g for groups_ in param_groups.values() for g in groups_):
-            for k, v in g.items():
-                if k != "params" and isinstance(v, list):
-                    g[k] = tuple(v)
-        try:
-            for player, optimizer in self.optimizers.items():
-                optimizer.load_state_dict({"state": states[player], "param_groups": param_groups[player]})
-            torch.set_rng_state(groups["rng"]["torch"])
-            self.data_gen.set_state(groups["rng"]["data"].to(torch.uint8))
+            self.state = Progress(**progress)
+            torch.set_rng_state(rng["torch"])
+            self.data_gen.set_state(rng["data"].to(torch.uint8))
             if self.device.type == "cuda":
-                torch.cuda.set_rng_state_all([groups["rng"][f"cuda.{i}"] for i in range(torch.cuda.device_count())])
-        except (KeyError, ValueError, RuntimeError) as e:
+                torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(torch.cuda.device_count())])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise RunError(f"{path} does not fit this run ({str(e).splitlines()[0]}).") from None
-        self.state = progress
         # Lines for epochs the checkpoint does not cover (a crash between the two writes) are redone.
-        self.metrics = [r for r in runs.read_metrics(self.run_dir) if r.get("epoch", 0) <= progress.epoch
+        self.metrics = [r for r in runs.read_metrics(self.run_dir) if r.get("epoch", 0) <= self.state.epoch
                         and not r.get("partial")]
 
     # --- the loop ---------------------------------------------------------------------------
@@ -213,10 +164,21 @@ class Trainer:
                 signal.signal(sig, h)
         return self.finish(finished)
 
-    def _budget_spent(self) -> bool:
-        """--max-steps or --time-limit reached: stop, with a complete run folder."""
+    def _agree(self) -> tuple[bool, bool]:
+        """One all-reduce that agrees across ranks on the mean loss of the steps since the last agreement, on a
+        non-finite loss, on a signal and on the time limit; returns (a signal arrived, the budget is spent:
+        --max-steps or --time-limit reached), the same on every rank."""
         t, s = self.tcfg, self.state
-        return (bool(t.max_steps) and s.step >= t.max_steps) or (t.time_limit > 0 and s.train_seconds >= 60 * t.time_limit)
+        pending, (signalled, over_time, bad) = distributed.agree(
+            self._pending_loss, (self._stop_signal is not None,
+                                 t.time_limit > 0 and s.train_seconds >= 60 * t.time_limit,
+                                 self._nonfinite is not None), self.ctx, self.device)
+        if bad or not math.isfinite(pending):
+            raise TrainingDiverged(self._diverged(self._nonfinite or "the loss became non-finite on another process")
+                                   + "; try a lower --lr or --grad-clip.")
+        s.epoch_loss_sum += pending * t.batch_size
+        self._pending_loss = 0.0
+        return signalled, over_time or (bool(t.max_steps) and s.step >= t.max_steps)
 
     def _loop(self) -> bool:
         t, s = self.tcfg, self.state
@@ -224,8 +186,11 @@ class Trainer:
         if n < t.batch_size:
             raise ConfigError(f"--batch-size {t.batch_size} is larger than the training split ({n} examples).")
         steps_per_epoch = n // t.batch_size
+        # one process agrees with itself at no cost, so it checks every step; ranks of a distributed run every k
+        sync_every = self.sync_every if self.ctx.active else 1
+        spent = self._agree()[1]
         while s.epoch < t.epochs:
-            if self._should_stop()[1]:
+            if spent:
                 return False
             self.model.train()
             bar = tqdm(total=steps_per_epoch, initial=s.batch, desc=f"epoch {s.epoch + 1}/{t.epochs}", unit="step",
@@ -240,7 +205,7 @@ class Trainer:
                 loss = self._step(self._train_images[idx], self._train_labels[idx])
                 s.batch += 1
                 s.step += 1
-                s.epoch_loss_sum += loss * t.batch_size
+                self._pending_loss += loss
                 s.epoch_examples += t.batch_size
                 now = time.perf_counter()
                 s.epoch_seconds += now - tick
@@ -248,9 +213,10 @@ class Trainer:
                 tick = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{s.epoch_examples / max(s.epoch_seconds, 1e-9):.0f}")
-                signalled, spent = self._should_stop()
-                if signalled or spent:
-                    break
+                if s.step % sync_every == 0 or s.batch == steps_per_epoch or (t.max_steps and s.step >= t.max_steps):
+                    signalled, spent = self._agree()
+                    if signalled or spent:
+                        break
             bar.close()
             if signalled:
                 self.save_checkpoint()
@@ -281,17 +247,11 @@ class Trainer:
                 self.log(f"warning: {warning}")
         return True
 
-    def _should_stop(self) -> tuple[bool, bool]:
-        """(a signal arrived, the budget is spent), agreed across ranks so that all stop at the same step."""
-        signalled, spent = distributed.any_rank((self._stop_signal is not None, self._budget_spent()), self.ctx,
-                                                self.device)
-        return signalled, spent
-
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         x = self.view.train_batch(images, self.data_gen)  # the global batch, drawn alike on every rank
         x, labels = distributed.shard(x, self.ctx), distributed.shard(labels, self.ctx)
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.precision == "bf16"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 value = self.model.train_step(x, labels, self.state.step, self._update, self.net)
         except ModelDiverged as e:
             raise TrainingDiverged(self._diverged(str(e))) from None
@@ -304,10 +264,12 @@ class Trainer:
         assert losses.shape == (losses.shape[0],) and losses.shape[0] > 0, \
             f"loss must be per example, got shape {tuple(losses.shape)}"
         loss = losses.float().mean()
-        value = distributed.mean(loss.item(), self.ctx, self.device)  # every rank sees the same value and verdict
-        if not math.isfinite(value):
+        value = loss.item()  # this rank's; the ranks agree on the logged loss and on stopping in _agree
+        if not math.isfinite(value) and self._nonfinite is None:
             who = "" if player == "model" else f" of the {player}"
-            raise TrainingDiverged(self._diverged(f"the loss{who} became {value}") + "; try a lower --lr or --grad-clip.")
+            self._nonfinite = f"the loss{who} became {value}"
+            if not self.ctx.active:  # alone, stop at once; ranks stop together at their next agreement
+                self._agree()
         optimizer = self.optimizers[player]
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=False):
@@ -320,25 +282,22 @@ class Trainer:
 
     def _diverged(self, what: str) -> str:
         return (f"{what} at step {self.state.step + 1} (epoch {self.state.epoch + 1}); training stopped and the last "
-                f"good checkpoint in {self.run_dir} (step {self._last_saved_step()}) is kept")
-
-    def _last_saved_step(self) -> int | str:
-        path = self.run_dir / runs.CHECKPOINT
-        if not path.is_file():
-            return "none"
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["progress"])["step"]
+                f"good checkpoint in {self.run_dir} (step {runs.checkpoint_step(self.run_dir / runs.CHECKPOINT)}) is kept")
 
     def _epoch_row(self, partial: bool) -> dict:
         s = self.state
         self.eval_model.eval()
-        val = validation_metrics(self.eval_model, self._val_x, self.data.val.labels, self.device)
+        # A run stopped inside its first epoch is a smoke run: its validation line uses the first
+        # QUICK_VALIDATION images, not all of them (the row says how many).
+        n = QUICK_VALIDATION if partial and s.epoch == 0 else len(self._val_x)
+        val = validation_metrics(self.eval_model, self._val_x[:n], self.data.val.labels[:n], self.device)
         row = {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.epoch_loss_sum / max(s.epoch_examples, 1),
                **{f"val_{k}": v for k, v in val.items()},
                "images_per_s": s.epoch_examples / max(s.epoch_seconds, 1e-9), "epoch_seconds": s.epoch_seconds}
         if partial:
             row["partial"] = True
+        if n < len(self._val_x):
+            row["val_examples"] = n
         return row
 
     def _describe(self, row: dict) -> str:
@@ -353,23 +312,44 @@ class Trainer:
             return {}
         model = self.eval_model
         model.eval()
-        result = evaluate(model, self.data, self.cfg.eval, self.device, progress=self.progress_bar)
+        s = self.state
+        mode = self.tcfg.final_eval
+        if mode == "auto":  # a smoke run is not kept waiting by an evaluation many times longer than its training
+            mode = "full" if s.epoch >= 1 else "quick"
+        quick = mode != "full"
         test_x = eval_tensor(model, self.data, "test", 64).to(self.device)
+        tick = time.perf_counter()
         with isolated_rng(PICTURE_SEED, self.device):
             gen = torch.Generator(device=self.device).manual_seed(PICTURE_SEED)
-            for name, grid in model.pictures(test_x, gen).items():
+            for name, grid in model.pictures(test_x, gen, quick=quick).items():
                 save_grid(grid, self.run_dir / f"{name}.png")
+        picture_seconds = time.perf_counter() - tick
+        if mode == "quick" and model.quick_eval is None:
+            mode = "skip"
+        if mode == "skip":
+            why = ("--final-eval skip" if self.tcfg.final_eval == "skip"
+                   else f"a short run, and the {model.family} family's likelihood is costly")
+            result = {**eval_header(model, self.data, self.cfg.eval.split, 0),
+                      "note": f"final evaluation skipped ({why}); score the run with `genzoo eval {self.run_dir}`"}
+        else:
+            ecfg = self.cfg.eval
+            if mode == "quick":
+                cap = {k: min(v, getattr(ecfg, k) or v) for k, v in model.quick_eval.items()}
+                ecfg = dataclasses.replace(ecfg, **cap)
+                self.log(f"a short run: quick final evaluation ({', '.join(f'{k}={v}' for k, v in cap.items())}); "
+                         f"`genzoo eval {self.run_dir}` gives the full one")
+            result = evaluate(model, self.data, ecfg, self.device, progress=self.progress_bar, log=self.log)
+            result["final_eval"] = mode
         plot_curves(self.metrics, self.run_dir / "curves.png", title=f"{model.family} on {self.data.name}")
-        s = self.state
         summary = {
             "family": model.family, "kind": model.kind.value, "dataset": self.data.name, "view": model.view,
             "finished": finished, "epochs_completed": s.epoch, "steps": s.step,
             "train_wall_time_s": s.train_seconds,
             "images_per_s": (s.step * self.tcfg.batch_size) / max(s.train_seconds, 1e-9),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "device": str(self.device), "eval": result,
+            "device": str(self.device), "precision": self.precision, "eval": result, "picture_seconds": picture_seconds,
         }
-        runs.write_json(self.run_dir / runs.SUMMARY, summary)
+        storage.write_json(self.run_dir / runs.SUMMARY, summary)
         return summary
 
 
@@ -385,7 +365,7 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
             data = data.subset(cfg.train.subset)
         torch.manual_seed(cfg.train.seed)
         model = runs.build_model(cfg, data.image_shape)
-        with runs.training_lock(out) if ctx.is_main else contextlib.nullcontext():
+        with storage.training_lock(out) if ctx.is_main else contextlib.nullcontext():
             if ctx.is_main:
                 for stale in out.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none writes
                     stale.unlink(missing_ok=True)
@@ -396,10 +376,12 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
             if ctx.active:  # each rank draws the model's own noise (z, epsilon, Langevin) from its own stream
                 torch.manual_seed(cfg.train.seed + 7919 * (ctx.rank + 1) + trainer.state.step)
             if ctx.is_main:
-                runs.write_json(out / runs.CONFIG, cfg.to_json())
+                storage.write_json(out / runs.CONFIG, cfg.to_json())
             n_params = sum(p.numel() for p in model.parameters())
+            chosen = " (auto)" if cfg.train.precision == "auto" else ""
             trainer.log(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} "
-                        f"parameters, device {trainer.device}"
+                        f"parameters, device {trainer.device}, precision {trainer.precision}{chosen}, layout "
+                        f"{'channels-last' if trainer.channels_last else 'NCHW'}"
                         + (f" x {ctx.world} processes" if ctx.active else "") + f", run folder {out}")
             return trainer.fit()
     finally:

@@ -78,8 +78,9 @@ def parse_idx(data: bytes, name: str = "<bytes>", expect_ndim: int | None = None
     if expect_dtype is not None and dtype != np.dtype(expect_dtype):
         raise DataError(f"{name}: expected IDX data of type {np.dtype(expect_dtype)} but found {dtype}.")
     n_bytes = math.prod(shape) * dtype.itemsize  # Python integers: no overflow whatever the header claims
-    if n_bytes > MAX_PAYLOAD_BYTES:
-        raise DataError(f"{name}: IDX header claims {n_bytes} bytes of data, more than genzoo accepts.")
+    # (a zero among huge dimensions claims no bytes, but numpy still refuses the shape: judge the others too)
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize > MAX_PAYLOAD_BYTES:
+        raise DataError(f"{name}: IDX header claims an array of shape {tuple(shape)}, larger than genzoo accepts.")
     payload = len(data) - header_len
     if payload != n_bytes:
         what = "truncated" if payload < n_bytes else "has trailing bytes"

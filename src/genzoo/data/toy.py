@@ -21,7 +21,6 @@ from typing import Callable
 
 import torch
 
-from genzoo.errors import ConfigError
 
 SPLIT_SIZES = {"train": 55_000, "val": 5_000, "test": 10_000}
 SPLIT_SEEDS = {"train": 12, "val": 11, "test": 10}
@@ -58,12 +57,6 @@ TOY_DATASETS: dict[str, ToySpec] = {
     "toy-ring": ToySpec("toy-ring", "8 Gaussians (std 0.02) on a ring of radius 2", modes=8, radius=2.0, std=0.02,
                         extent=2.5),
 }
-
-
-def get_toy(name: str) -> ToySpec:
-    if name not in TOY_DATASETS:
-        raise ConfigError(f"unknown toy dataset '{name}'; choose one of: {', '.join(TOY_DATASETS)}.")
-    return TOY_DATASETS[name]
 
 
 def make_splits(spec: ToySpec) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

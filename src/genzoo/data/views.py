@@ -41,6 +41,8 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
 
 class View:
+    bits_per_dim = False  # likelihoods on this view are also reported in bits per dimension (8-bit data)
+
     name: str = ""
 
     def train_batch(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -74,6 +76,7 @@ class BinaryView(View):
 
 class Uint8View(View):
     name = "uint8"
+    bits_per_dim = True
 
     def train_batch(self, images, generator):
         return images.float()
@@ -99,6 +102,11 @@ def get_view(name: str) -> View:
     if name not in VIEWS:
         raise ConfigError(f"unknown data view '{name}'; choose one of: {', '.join(VIEWS)}.")
     return VIEWS[name]
+
+
+def reports_bits_per_dim(view: str) -> bool:
+    """Whether likelihoods on ``view`` are reported in bits per dimension (the 8-bit view) or in nats only."""
+    return get_view(view).bits_per_dim
 
 
 def batch_indices(n: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0):

@@ -4,6 +4,7 @@ from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.models.ddpm import DDPM, DDPMConfig
 from genzoo.models.ebm import EBM, EBMConfig
+from genzoo.models.flow import Flow, FlowConfig
 from genzoo.models.gan import GAN, GANConfig
 from genzoo.models.pixelcnn import PixelCNN, PixelCNNConfig
 from genzoo.models.realnvp import RealNVP, RealNVPConfig
@@ -12,6 +13,7 @@ from genzoo.models.vae import VAE, VAEConfig
 FAMILIES: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
     "ddpm": DDPM,
+    "flow": Flow,
     "pixelcnn": PixelCNN,
     "realnvp": RealNVP,
     "gan": GAN,
@@ -27,4 +29,4 @@ def get_family(name: str) -> type[GenerativeModel]:
 
 __all__ = ["DensityKind", "GenerativeModel", "FAMILIES", "get_family", "VAE", "VAEConfig", "DDPM", "DDPMConfig", "PixelCNN",
            "PixelCNNConfig", "RealNVP", "RealNVPConfig",
-           "GAN", "GANConfig", "EBM", "EBMConfig"]
+           "GAN", "GANConfig", "EBM", "EBMConfig", "Flow", "FlowConfig"]

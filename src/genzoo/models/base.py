@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from genzoo.errors import ConfigError
+from genzoo.options import Option, check_options
 
 
 class DensityKind(str, enum.Enum):
@@ -46,11 +47,21 @@ class GenerativeModel(nn.Module):
     train_defaults: ClassVar[dict] = {}  # TrainConfig values this family trains best with (CLI defaults)
     eval_defaults: ClassVar[dict] = {}  # EvalConfig values for `genzoo eval` (e.g. fewer examples when costly)
     final_eval_defaults: ClassVar[dict] = {}  # EvalConfig values for the evaluation that ends `genzoo train`
+    # EvalConfig values capping the final evaluation of a short run (None: a short run skips it)
+    quick_eval: ClassVar[dict | None] = {"n": 500}
     players: ClassVar[tuple[str, ...]] = ("model",)  # parameter sets, each with its own optimizer
     optimizer_options: ClassVar[dict] = {}  # extra Adam arguments (e.g. the GAN's betas)
     ddp_broadcast_buffers: ClassVar[bool] = True  # DDP copies rank 0's buffers (e.g. batch-norm statistics) to all
+    nll_estimator: ClassVar[str] = ""  # how an exact family's reported NLL is estimated, when it is not plain
+    views_offered: ClassVar[str] = ""  # for `genzoo list` when the view depends on the configuration
     takes_points: ClassVar[bool] = False  # True for the families that also train on 2-D toy data (view "points")
     points_defaults: ClassVar[dict] = {}  # {"model": {...}, "train": {...}}: the defaults on 2-D toy data
+    # What the family can do besides sample(n), declared rather than probed (`genzoo list` shows it):
+    sample_options: ClassVar[tuple[Option, ...]] = ()  # the keyword options of sample(), checked in one place
+    can_complete: ClassVar[bool] = False  # complete(x, n): fill in the bottom of an image (autoregressive)
+    can_invert: ClassVar[bool] = False  # invert(x): images to their latent noise (deterministic samplers)
+    class_conditional: ClassVar[bool] = False  # sample(y=...) when trained with labels
+    importance_weighted: ClassVar[bool] = False  # log_likelihood_estimate(x, k): an IWAE bound (bound kind)
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -88,16 +99,40 @@ class GenerativeModel(nn.Module):
         """Warnings about the training, from an epoch's metrics row (e.g. a GAN's collapse)."""
         return []
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples [n x C x H x W] with values in [0, 1] (for pictures)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """n samples [n x C x H x W] with values in [0, 1]; ``progress`` shows a bar where sampling is slow. A family
+        may take more keyword options: exactly those it declares in ``sample_options``."""
         raise NotImplementedError
+
+    @classmethod
+    def capabilities(cls) -> list[str]:
+        """What ``genzoo list`` shows: the sampler options and the other abilities of the family."""
+        out = [o.cli_flag for o in cls.sample_options]
+        return out + [name for name, ok in (("--complete", cls.can_complete), ("invert() in Python", cls.can_invert))
+                      if ok]
+
+    def likelihood_options(self, cfg: Any) -> dict:
+        """Keyword options of ``log_prob`` taken from an EvalConfig (the flow's ODE steps and probes)."""
+        return {}
+
+    def check_sample_options(self, **given) -> None:
+        """Refuse a sampler option this family does not declare, or a value out of its range (None = not given)."""
+        check_options(f"the {self.family} family's sampler", self.sample_options,
+                      {k: v for k, v in given.items() if v is not None})
+
+    def completion_grid(self, x: torch.Tensor, n: int, generator: torch.Generator | None = None,
+                        **options) -> torch.Tensor:
+        """The picture of ``genzoo sample --complete``: the given part of image x first, then n completions."""
+        raise ConfigError(f"the {self.family} family cannot complete an image; completion needs an autoregressive "
+                          f"model (pixelcnn).")
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Cheap per-example metrics for the per-epoch validation line, each [N]."""
         return {"loss": self.loss(x, y)}
 
-    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """The family's pictures for the run folder: name -> grid [rows x cols x C x H x W] in [0, 1]."""
+    def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
+        """The family's pictures for the run folder: name -> grid [rows x cols x C x H x W] in [0, 1]; ``quick``
+        (after a short run) asks for fewer or cheaper samples where drawing them is slow."""
         return {}
 
     def check_discrete(self, x: torch.Tensor, levels: int, scorer: str) -> None:

@@ -24,7 +24,9 @@ from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
-from genzoo.nets.unet import UNet
+from genzoo.models.denoising import NUM_CLASSES, DenoiserConfig, build_unet, check_labels, drop_labels, guided
+from genzoo.options import GUIDANCE, LABEL
+from genzoo.samplers import CLIP, DIFFUSION_SAMPLERS, ETA, SPACING, STEPS, get_sampler, sampler_choice
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
@@ -111,6 +113,28 @@ class GaussianDiffusion(torch.nn.Module):
         for name, value in tables.items():  # computed in float64, cast once
             self.register_buffer(name, value.float(), persistent=False)
         self.register_buffer("alpha_bar64", alpha_bar, persistent=False)
+        # sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t): the noise level of x_t / sqrt(alpha_bar_t) (EDM, table 1)
+        self.sigmas64 = ((1.0 - alpha_bar) / alpha_bar).sqrt().tolist()
+        self._log_sigmas = np.log(np.array(self.sigmas64))
+
+    def subsequence(self, steps: int, spacing: str = "uniform") -> list[int]:
+        return timestep_subsequence(self.timesteps, steps, spacing)
+
+    def t_from_sigma(self, sigma: float) -> float:
+        """The continuous timestep of noise level sigma, by linear interpolation of log sigma between the
+        training timesteps (the network is trained on integers but its time embedding is continuous)."""
+        return float(np.interp(math.log(sigma), self._log_sigmas, np.arange(self.timesteps)))
+
+    def x0_at_sigma(self, output: torch.Tensor, xt: torch.Tensor, sigma: float, clip: bool = False) -> torch.Tensor:
+        """x0_hat from the network output at x_t of noise level sigma: alpha_bar = 1 / (1 + sigma^2)."""
+        sqrt_ab, sqrt_1m_ab = 1.0 / math.sqrt(1.0 + sigma ** 2), sigma / math.sqrt(1.0 + sigma ** 2)
+        if self.prediction == "eps":
+            x0 = (xt - sqrt_1m_ab * output) / sqrt_ab
+        elif self.prediction == "x0":
+            x0 = output
+        else:
+            x0 = sqrt_ab * xt - sqrt_1m_ab * output
+        return x0.clamp(-1.0, 1.0) if clip else x0
 
     # --- the forward process (14.7, 14.14) ----------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -165,11 +189,14 @@ class GaussianDiffusion(torch.nn.Module):
 
     # --- training ----------------------------------------------------------------------------------
     def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor | None = None,
-                      eps: torch.Tensor | None = None) -> torch.Tensor:
-        """L_simple (Ho et al. eq. 14): the mean squared error of the parameterisation's target, per example."""
+                      eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple (Ho et al. eq. 14): the mean squared error of the parameterisation's target, per example.
+        The timesteps and the noise not given are drawn from ``generator`` (torch's global one when None)."""
         n = x0.shape[0]
-        t = torch.randint(0, self.timesteps, (n,), device=x0.device) if t is None else t
-        eps = torch.randn_like(x0) if eps is None else eps
+        if t is None:
+            t = torch.randint(0, self.timesteps, (n,), device=x0.device, generator=generator)
+        if eps is None:
+            eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         output = model_fn(self.q_sample(x0, t, eps), t)
         return ((output - self.target(x0, t, eps)) ** 2).reshape(n, -1).mean(dim=1)
 
@@ -278,33 +305,12 @@ class GaussianDiffusion(torch.nn.Module):
 
 
 # --- the family ------------------------------------------------------------------------------------------
-def _check_channel_mult(value: str) -> str | None:
-    try:
-        mult = [int(v) for v in value.split(",")]
-    except ValueError:
-        return "must be comma-separated integers such as 1,2,2"
-    if not mult or min(mult) < 1 or len(mult) > 5:
-        return "must list 1 to 5 positive integers"
-    return None
-
-
 @dataclass
-class DDPMConfig:
+class DDPMConfig(DenoiserConfig):
     schedule: str = option("linear", "noise schedule", choices=SCHEDULES)
     timesteps: int = option(1000, "diffusion steps T", min=2, max=10000)
     pred: str = option("eps", "what the network predicts", choices=PREDICTIONS)
     variance: str = option("beta_tilde", "reverse-process variance sigma_t^2", choices=("beta", "beta_tilde"))
-    # The default U-Net is narrow at full resolution and wide at 7x7, where compute is cheap, with widths that are
-    # multiples of 16 (AVX-512 lanes): 1.11M parameters, about 1.5x the training throughput of the usual
-    # 32/(1,2,2) layout of the same size on a CPU (BENCHMARKS.md).
-    channels: int = option(16, "U-Net base width", min=4)
-    channel_mult: str = option("1,3,5", "U-Net width multiplier per resolution level", check=_check_channel_mult)
-    res_blocks: int = option(1, "residual blocks per U-Net level", min=1)
-    attention: bool = option(True, "self-attention at the lowest resolution")
-    resample_conv: bool = option(True, "a 3x3 convolution in each down- and upsampling step")
-    dropout: float = option(0.0, "dropout in the residual blocks", min=0.0, lt=1.0)
-    class_cond: bool = option(False, "condition on the class label (classifier-free guidance)")
-    p_uncond: float = option(0.1, "probability of dropping the label in training (with --class-cond)", min=0.0, max=1.0)
 
 
 class DDPM(GenerativeModel):
@@ -312,21 +318,22 @@ class DDPM(GenerativeModel):
     kind = DensityKind.BOUND
     view = "uint8"
     Config = DDPMConfig
+    sample_options = (sampler_choice(DIFFUSION_SAMPLERS, "ddim"), STEPS, ETA, SPACING, CLIP, LABEL, GUIDANCE)
+    class_conditional = True
+    can_invert = True
     # EMA weights sample far better than the raw ones (Ho et al. use 0.9999 over 800k steps; CPU runs are short).
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 200, "grad_clip": 1.0,
-                      "ema_decay": 0.999}
-    # The bound costs T network evaluations per image (about 5 minutes per 100 images on two CPU cores with the
-    # default U-Net), so it is computed on the first N test images, N stated with every figure.
+                      "ema_decay": 0.999, "ema_warmup": True}
+    # The bound costs T network evaluations per image, so it is computed on the first N test images, N stated with
+    # every figure.
     eval_defaults = {"n": 500}
     final_eval_defaults = {"n": 100}
-    num_classes = 10
+    quick_eval = None  # the bound costs T network evaluations per image: a short run skips it
+    num_classes = NUM_CLASSES
 
     def __init__(self, cfg: DDPMConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
-        self.net = UNet(in_channels=image_shape[0], channels=cfg.channels,
-                        channel_mult=tuple(int(v) for v in cfg.channel_mult.split(",")),
-                        num_res_blocks=cfg.res_blocks, attention=cfg.attention, dropout=cfg.dropout,
-                        num_classes=self.num_classes if cfg.class_cond else 0, resample_conv=cfg.resample_conv)
+        self.net = build_unet(cfg, image_shape)
         self.diffusion = GaussianDiffusion(beta_schedule(cfg.schedule, cfg.timesteps), cfg.pred, cfg.variance)
 
     @staticmethod
@@ -340,26 +347,14 @@ class DDPM(GenerativeModel):
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def model_fn(self, y: torch.Tensor | None = None, guidance: float = 1.0) -> ModelFn:
-        """The denoiser as a function of (x_t, t); with a label and guidance w, the classifier-free combination
-        (1 - w) * output(no label) + w * output(label) (Ho & Salimans 2022; w = 1 is plain conditioning)."""
-        if y is None or guidance == 1.0:
-            return lambda xt, t: self.net(xt, t, y)
+        """The denoiser as a function of (x_t, t), guided towards labels y with scale ``guidance``."""
+        return guided(self.net, y, guidance)
 
-        def guided(xt, t):
-            both = self.net(torch.cat([xt, xt]), torch.cat([t, t]),
-                            torch.cat([torch.full_like(y, self.num_classes), y]))
-            uncond, cond = both.chunk(2)
-            return uncond + guidance * (cond - uncond)
-        return guided
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        x0 = self.to_model_space(x)
-        if self.cfg.class_cond and y is not None:
-            drop = torch.rand(y.shape, device=y.device) < self.cfg.p_uncond
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        else:
-            y = None
-        return self.diffusion.training_loss(lambda xt, t: self.net(xt, t, y), x0)
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        y = drop_labels(self.cfg, y, generator)
+        return self.diffusion.training_loss(lambda xt, t: self.net(xt, t, y), self.to_model_space(x),
+                                            generator=generator)
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {"mse": self.diffusion.training_loss(self.model_fn(), self.to_model_space(x))}
@@ -369,37 +364,19 @@ class DDPM(GenerativeModel):
         return -self.diffusion.bound_terms(self.model_fn(), self.to_model_space(x))["neg_elbo"].float()
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, sampler: str = "ddim", steps: int | None = None,
-               eta: float = 0.0, spacing: str = "uniform", y: torch.Tensor | None = None, guidance: float = 1.0,
-               clip: bool = True, progress: bool = False, trajectory: list | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        """n images [n x C x H x W] in [0, 1], by ancestral DDPM sampling (all T steps) or DDIM on ``steps``
-        timesteps (default: 100, or T if smaller). ``noise`` [n x C x H x W] replaces the drawn x_T, e.g. the
-        output of ``invert``."""
-        if sampler not in ("ddpm", "ddim"):
-            raise ConfigError(f"unknown sampler '{sampler}'; choose ddpm or ddim.")
-        if eta < 0:
-            raise ConfigError(f"--eta must be non-negative; got {eta}.")
-        if sampler == "ddpm":
-            if steps is not None:
-                raise ConfigError("--steps applies to --sampler ddim; ancestral sampling always takes all T steps.")
-        else:
-            steps = min(100, self.diffusion.timesteps) if steps is None else steps
-            tau = timestep_subsequence(self.diffusion.timesteps, steps, spacing)
-        if y is not None and not self.cfg.class_cond:
-            raise ConfigError("this run was not trained with --class-cond, so it cannot sample a chosen class.")
-        if y is not None and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
-            raise ConfigError(f"--class must be between 0 and {self.num_classes - 1}.")
-        if guidance < 0:
-            raise ConfigError(f"--guidance must be non-negative; got {guidance}.")
+    def sample(self, n: int, generator: torch.Generator | None = None, sampler: str = "ddim",
+               y: torch.Tensor | None = None, guidance: float = 1.0, progress: bool = False,
+               trajectory: list | None = None, noise: torch.Tensor | None = None, **options) -> torch.Tensor:
+        """n images [n x C x H x W] in [0, 1] by one of ``samplers.DIFFUSION_SAMPLERS`` (its options: steps, eta,
+        spacing, clip, as it declares). ``noise`` [n x C x H x W] replaces the drawn x_T, e.g. the output of
+        ``invert``; ``y`` [n] draws those classes with classifier-free guidance scale ``guidance``."""
+        self.check_sample_options(sampler=sampler, guidance=guidance, **options)
+        chosen = get_sampler(DIFFUSION_SAMPLERS, sampler, self.family)
+        check_labels(self.cfg, y)
         device = self.diffusion.betas.device  # the tables move with the model
         if noise is None:
             noise = torch.randn((n, *self.image_shape), generator=generator, device=device)
-        fn = self.model_fn(y, guidance)
-        if sampler == "ddpm":
-            x = self.diffusion.ddpm_sample(fn, noise, generator, clip, progress, trajectory)
-        else:
-            x = self.diffusion.ddim_sample(fn, noise, tau, eta, generator, clip, progress, trajectory)
+        x = chosen(self.diffusion, self.model_fn(y, guidance), noise, generator, progress, trajectory, **options)
         return self.to_image(x)
 
     @torch.no_grad()
@@ -412,11 +389,12 @@ class DDPM(GenerativeModel):
         return self.diffusion.ddim_invert(self.model_fn(), self.to_model_space(x), tau, progress)
 
     @torch.no_grad()
-    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
         y = torch.arange(10, device=x.device).repeat_interleave(10) if self.cfg.class_cond else None
         trajectory: list = []
-        samples = self.sample(100, generator, sampler="ddim", y=y, guidance=2.0 if y is not None else 1.0,
-                              trajectory=trajectory)
+        samples = self.sample(100, generator, sampler="dpm++2m" if quick else "ddim", y=y,
+                              guidance=2.0 if y is not None else 1.0, trajectory=trajectory,
+                              steps=10 if quick else None)
         # 4 samples' paths from noise to image, 10 snapshots each
         picks = np.linspace(0, len(trajectory) - 1, 10).round().astype(int)
         strip = torch.stack([self.to_image(trajectory[i][1][:4]) for i in picks], dim=1)  # (4, 10, C, H, W)

@@ -26,7 +26,8 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 from tqdm import tqdm
 
 from genzoo.config import option
-from genzoo.errors import ConfigError, ModelDiverged
+from genzoo.errors import ModelDiverged
+from genzoo.options import LANGEVIN_STEPS
 from genzoo.models.base import DensityKind, ImagesOrPoints
 from genzoo.nets import MLP, ConvEncoder
 
@@ -55,6 +56,7 @@ class EBM(ImagesOrPoints):
     family = "ebm"
     kind = DensityKind.UNNORMALISED
     Config = EBMConfig
+    sample_options = (LANGEVIN_STEPS,)
     train_defaults = {"lr": 1e-4, "epochs": 10}
     final_eval_defaults = {"n": 2500}
     # modes of std 0.02 need SGLD steps of that order (toy-ring: 8 of 8 modes, 90% high-quality samples)
@@ -143,9 +145,8 @@ class EBM(ImagesOrPoints):
                from_buffer: bool = False, progress: bool = False) -> torch.Tensor:
         """n samples by SGLD, from uniform noise for ``steps`` steps (default ``sample_steps``), or from the
         replay buffer's chains: images [n x C x H x W] in [0, 1], or points [n x 2]."""
+        self.check_sample_options(steps=steps)
         steps = self.cfg.sample_steps if steps is None else steps
-        if steps < 1:
-            raise ConfigError(f"--steps must be at least 1; got {steps}.")
         device = self.replay.device
         if from_buffer:
             idx = torch.randint(0, len(self.replay), (n,), generator=generator, device=device)
@@ -155,11 +156,12 @@ class EBM(ImagesOrPoints):
         return self.to_data(self.langevin(start, steps, generator, progress))
 
     @torch.no_grad()
-    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
         if self.points:
             # test points, samples, the buffer's chains
             return {"samples": self.density_pictures(x, x, self.sample(2000, generator), self.replay)}
-        samples = self.sample(100, generator).reshape(10, 10, *self.image_shape)
+        side = 6 if quick else 10  # every sample is a Langevin chain of --sample-steps steps
+        samples = self.sample(side * side, generator).reshape(side, side, *self.image_shape)
         idx = torch.randint(0, len(self.replay), (100,), generator=generator, device=self.replay.device)
         buffer = self.to_data(self.replay[idx]).reshape(10, 10, *self.image_shape)
         return {"samples": samples, "buffer": buffer}

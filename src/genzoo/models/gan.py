@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from genzoo import theory
 from genzoo.config import option
-from genzoo.errors import ConfigError
+from genzoo.options import TEMPERATURE
 from genzoo.models.base import DensityKind, ImagesOrPoints
 from genzoo.nets import MLP
 from genzoo.nets.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -80,6 +80,7 @@ class GAN(ImagesOrPoints):
     family = "gan"
     kind = DensityKind.IMPLICIT
     Config = GANConfig
+    sample_options = (TEMPERATURE,)
     players = ("generator", "discriminator")
     optimizer_options = {"betas": (0.5, 0.999)}  # DCGAN's momentum (Radford et al. 2016); WGAN-GP's in __init__
     train_defaults = {"lr": 2e-4, "epochs": 20}
@@ -172,11 +173,11 @@ class GAN(ImagesOrPoints):
 
     # --- samples ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               progress: bool = False) -> torch.Tensor:
         """n samples: images [n x C x H x W] in [0, 1], or points [n x 2]. ``temperature`` scales z (below 1
         trades diversity for fidelity, the truncation trick in its simplest form)."""
-        if not temperature > 0:
-            raise ConfigError(f"--temperature must be positive; got {temperature}.")
+        self.check_sample_options(temperature=temperature)
         return self.to_data(self.generate(n, generator, temperature))
 
     @torch.no_grad()
@@ -189,7 +190,7 @@ class GAN(ImagesOrPoints):
         return images.reshape(n, steps, *self.image_shape)
 
     @torch.no_grad()
-    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
         if self.points:
             return {"samples": self.density_pictures(x, x, self.sample(5000, generator))}  # test points, samples
         return {"samples": self.sample(100, generator).reshape(10, 10, *self.image_shape),

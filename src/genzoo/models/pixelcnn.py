@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from genzoo import theory
+from genzoo.data.views import reports_bits_per_dim
 from genzoo.config import option
 from genzoo.errors import ConfigError
+from genzoo.options import TEMPERATURE
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.nets.pixelcnn import GatedPixelCNN
 
@@ -46,6 +48,8 @@ class PixelCNN(GenerativeModel):
     kind = DensityKind.EXACT
     view = "binary"  # the default head's; a softmax-head model uses the uint8 view (set per instance)
     Config = PixelCNNConfig
+    sample_options = (TEMPERATURE,)
+    can_complete = True
     views_offered = "'binary' (--head bernoulli) or 'uint8' (--head softmax)"
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "grad_clip": 1.0}
 
@@ -83,7 +87,7 @@ class PixelCNN(GenerativeModel):
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         nll = -self.log_prob(x)
         metrics = {"nll": nll}
-        if self.view == "uint8":
+        if reports_bits_per_dim(self.view):
             metrics["bits_per_dim"] = theory.nats_to_bits_per_dim(nll, x[0].numel())
         return metrics
 
@@ -94,8 +98,7 @@ class PixelCNN(GenerativeModel):
     @torch.no_grad()
     def _draw(self, x: torch.Tensor, first_row: int, generator, temperature: float, progress: bool) -> torch.Tensor:
         """Fill rows first_row.. of x (view values) pixel by pixel, in place, and return it."""
-        if not temperature > 0:
-            raise ConfigError(f"--temperature must be positive; got {temperature}.")
+        self.check_sample_options(temperature=temperature)
         n, c, h, w = x.shape
         bar = tqdm(total=(h - first_row) * w, desc="pixels", unit="px", disable=not progress or None, leave=False)
         for i in range(first_row, h):
@@ -138,17 +141,24 @@ class PixelCNN(GenerativeModel):
         start[:, :, given_rows:] = 0.0
         return self.to_image(self._draw(start, given_rows, generator, temperature, progress))
 
+    @torch.no_grad()
+    def completion_grid(self, x: torch.Tensor, n: int, generator: torch.Generator | None = None,
+                        temperature: float = 1.0, progress: bool = False) -> torch.Tensor:
+        """[n + 1 x C x H x W] in [0, 1]: the kept top half of image x (view values), then n completions of it."""
+        half = x.clone()
+        half[:, self.image_shape[1] // 2:] = 0.0
+        completions = self.complete(x, n, generator=generator, temperature=temperature, progress=progress)
+        return torch.cat([self.to_image(half)[None], completions])
+
     def from_image(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 pixels [C x H x W] -> this model's view values (binarised at 128 for the Bernoulli head)."""
         return (image >= 128).float() if self.levels == 2 else image.float()
 
     @torch.no_grad()
-    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        samples = self.sample(100, generator).reshape(10, 10, *self.image_shape)
+    def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
+        side = 4 if quick else 10  # one pass of the network per pixel: a short run draws 16 samples, not 100
+        samples = self.sample(side * side, generator).reshape(side, side, *self.image_shape)
         rows = []
-        for image in x[:5]:  # each row: the image, its top half, and 8 completions of that half
-            half = image.clone()
-            half[:, self.image_shape[1] // 2:] = 0.0
-            rows.append(torch.cat([self.to_image(torch.stack([image, half])),
-                                   self.complete(image, 8, generator=generator)]))
+        for image in x[:2 if quick else 5]:  # each row: the image, its top half, and 8 completions of that half
+            rows.append(torch.cat([self.to_image(image)[None], self.completion_grid(image, 8, generator)]))
         return {"samples": samples, "completions": torch.stack(rows)}

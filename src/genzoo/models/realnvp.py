@@ -36,6 +36,7 @@ from genzoo import theory
 from genzoo.config import option
 from genzoo.data.views import dequantize
 from genzoo.errors import ConfigError
+from genzoo.options import TEMPERATURE
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.nets.resnet import ResNet
 
@@ -194,6 +195,7 @@ class RealNVP(GenerativeModel):
     kind = DensityKind.EXACT
     view = "uint8"
     Config = RealNVPConfig
+    sample_options = (TEMPERATURE,)
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 200, "grad_clip": 100.0}
     nll_estimator = "uniform dequantisation, one draw per image: an upper bound on the NLL of the 8-bit data"
 
@@ -226,11 +228,11 @@ class RealNVP(GenerativeModel):
         return {"nll": nll, "bits_per_dim": theory.nats_to_bits_per_dim(nll, x[0].numel())}
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               progress: bool = False) -> torch.Tensor:
         """n images [n x C x H x W] in [0, 1] by the inverse pass from z drawn at ``temperature`` (the prior's
         scale; below 1 trades diversity for cleaner samples, Kingma & Dhariwal 2018)."""
-        if not temperature > 0:
-            raise ConfigError(f"--temperature must be positive; got {temperature}.")
+        self.check_sample_options(temperature=temperature)
         p = next(self.parameters())
         d = math.prod(self.image_shape)
         if self.cfg.prior == "gaussian":
@@ -242,7 +244,7 @@ class RealNVP(GenerativeModel):
         return x.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def pictures(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
         samples = self.sample(100, generator).reshape(10, 10, *self.image_shape)
         cooled = torch.stack([self.sample(10, generator, temperature=t) for t in (1.0, 0.9, 0.8, 0.7, 0.5)])
         return {"samples": samples, "temperatures": cooled}

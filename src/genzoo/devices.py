@@ -1,0 +1,66 @@
+"""Which device a command runs on. Used by the trainer and by every command that loads a model."""
+
+from __future__ import annotations
+
+import torch
+
+from genzoo.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda, then mps, then cpu; an explicit device that is not available is an error."""
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device '{name}'; choose one of: {', '.join(DEVICES)}.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but this torch build sees no CUDA device.")
+    if name == "mps" and not has_mps():
+        raise ConfigError("--device mps was asked for, but this machine has no MPS device.")
+    return torch.device(name)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 arithmetic is native here: a CUDA device that supports it, or a CPU whose oneDNN has bf16
+    kernels (AVX-512-BF16 or AMX); elsewhere bf16 autocast is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto -> bf16 where it is native (``bf16_supported``), fp32 otherwise; fp32 and bf16 are taken as given."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{name}'; choose one of: {', '.join(PRECISIONS)}.")
+    if name == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return name
+
+
+def channels_last_for(precision: str, device: torch.device) -> bool:
+    """The memory layout of convolutions: channels-last, except under bf16 on a CPU, where contiguous NCHW tensors
+    train faster (BENCHMARKS.md: 'Precision and layout')."""
+    return not (precision == "bf16" and device.type == "cpu")
+
+
+def set_channels_last(model: torch.nn.Module, channels_last: bool) -> None:
+    """Give every network in ``model`` that chooses its layout (a ``channels_last`` attribute: the U-Net, the
+    PixelCNN) the layout asked for, weights included."""
+    for module in model.modules():
+        if isinstance(getattr(module, "channels_last", None), bool) and module.channels_last != channels_last:
+            module.channels_last = channels_last
+            module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,0 +1,58 @@
+"""--precision auto: bf16 where it is native, fp32 elsewhere; the layout follows; training in bf16 learns; every
+likelihood is computed in fp32 whatever the training precision."""
+
+import pytest
+import torch
+
+from genzoo.devices import bf16_supported, channels_last_for, resolve_precision, set_channels_last
+from genzoo.errors import ConfigError
+from genzoo.models.vae import VAE
+from genzoo.nets.unet import UNet
+from genzoo.runs import read_metrics
+from genzoo.trainer import train_run
+
+from conftest import tiny_vae_config
+
+QUIET = dict(log=lambda m: None, progress_bar=False)
+CPU = torch.device("cpu")
+
+
+def test_auto_picks_bf16_exactly_where_it_is_native():
+    assert resolve_precision("auto", CPU) == ("bf16" if bf16_supported(CPU) else "fp32")
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        resolve_precision("fp16", CPU)
+
+
+def test_the_layout_follows_the_precision():
+    assert channels_last_for("fp32", CPU) and not channels_last_for("bf16", CPU)
+    assert channels_last_for("bf16", torch.device("cuda"))
+    net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert net.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    set_channels_last(net, False)
+    assert not net.channels_last and conv.weight.is_contiguous()
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    before = net(x, t)
+    set_channels_last(net, True)
+    torch.testing.assert_close(net(x, t), before, rtol=1e-5, atol=1e-6)  # the same function either way
+
+
+def test_bf16_training_stays_finite_learns_and_is_scored_in_fp32(tmp_path, monkeypatch):
+    seen = []
+    original = VAE.elbo
+
+    def elbo(self, x):
+        out = original(self, x)
+        if not torch.is_grad_enabled():  # an evaluation (training calls it with gradients, under autocast)
+            seen.append((torch.is_autocast_enabled("cpu"), next(self.parameters()).dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(VAE, "elbo", elbo)
+    summary = train_run(tiny_vae_config(epochs=3, precision="bf16", final_eval="full"), tmp_path / "run", **QUIET)
+    assert summary["precision"] == "bf16"
+    losses = [row["val_neg_elbo"] for row in read_metrics(tmp_path / "run")]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 20, losses
+    assert seen and all(not autocast and weights == out == torch.float32 for autocast, weights, out in seen)
+    assert abs(summary["eval"]["neg_elbo_nats"] - losses[-1]) < 40  # a plausible fp32 figure, not a bf16 one
