@@ -55,7 +55,7 @@ def test_damaged_config(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c.update(family="flow"), "unknown model family 'flow'"),
+    (lambda c: c.update(family="vqvae"), "unknown model family 'vqvae'"),
     (lambda c: c["model"].update(latent_dim=0), "latent_dim must be at least 1"),
     (lambda c: c["model"].update(latent_dim="32"), "latent_dim must be an integer"),
     (lambda c: c["train"].update(colour="blue"), "unknown setting"),

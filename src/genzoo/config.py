@@ -83,6 +83,8 @@ class EvalConfig:
                                    min=1)
     ais_step: float = option(0.01, "AIS: MALA step size at the model's temperature (data units)", gt=0.0)
     ode_steps: int = option(50, "flows by ODE: RK4 steps of the likelihood's ODE (4 evaluations each)", min=1)
+    ode_nll: bool = option(True, "bound families with a probability-flow ODE (ddpm): also estimate the NLL through "
+                                 "it, beside the bound")
     probes: int = option(1, "flows by ODE: Hutchinson probes per evaluation of the divergence (0 = exact: one "
                             "backward pass per dimension, for small inputs)", min=0)
 

@@ -144,6 +144,9 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
                 per_example.setdefault("neg_elbo", []).append(-model.elbo(xb).cpu())
                 if model.importance_weighted:
                     per_example.setdefault("nll", []).append(-model.log_likelihood_estimate(xb, cfg.iwae_k).cpu())
+                if model.ode_likelihood and cfg.ode_nll:
+                    per_example.setdefault("nll_ode", []).append(
+                        -model.ode_log_prob(xb, cfg.ode_steps, cfg.probes).cpu())
     for key, parts in per_example.items():
         mean, se = _mean_and_stderr(torch.cat(parts))
         out[f"{key}_nats"] = mean
@@ -155,6 +158,10 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
     if model.kind is DensityKind.BOUND and "nll" in per_example:
         out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"
         out["iwae_k"] = cfg.iwae_k
+    if "nll_ode" in per_example:
+        out["nll_ode_estimator"] = (f"probability-flow ODE, RK4 with {cfg.ode_steps} steps, "
+                                    + (f"Hutchinson divergence ({cfg.probes} probe(s))" if cfg.probes else
+                                       "exact divergence") + ", uniform dequantisation (an estimate, not a bound)")
     return out
 
 
@@ -201,12 +208,12 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
     if reference == "binary":  # a Bernoulli model's sample is a draw of its pixel probabilities
         samples = torch.bernoulli(samples.clamp(0, 1), generator=torch.Generator().manual_seed(EVAL_SEED))
     out = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "view": model.view,
-           **_scores(samples, data.name, reference, batch_size),
+           **score_images(samples, data.name, reference, batch_size),
            "sampler": {k: (v[0].item() if k == "y" else v) for k, v in sampler.items()}, "samples_per_s": rate}
     return out
 
 
-def _scores(images: torch.Tensor, dataset: str, reference: str, batch_size: int) -> dict:
+def score_images(images: torch.Tensor, dataset: str, reference: str, batch_size: int) -> dict:
     """FID and KID of images [N x 1 x H x W] in [0, 1] against the test split's ``reference`` view."""
     from genzoo import features, quality
 
@@ -226,4 +233,4 @@ def data_quality(data: ImageDataset, n: int, reference: str, batch_size: int = 5
     from genzoo import features
 
     images = features.reference_images(data, reference, split="train", n=n)
-    return {"family": "data", "dataset": data.name, **_scores(images, data.name, reference, batch_size)}
+    return {"family": "data", "dataset": data.name, **score_images(images, data.name, reference, batch_size)}

@@ -62,6 +62,7 @@ class GenerativeModel(nn.Module):
     can_invert: ClassVar[bool] = False  # invert(x): images to their latent noise (deterministic samplers)
     class_conditional: ClassVar[bool] = False  # sample(y=...) when trained with labels
     importance_weighted: ClassVar[bool] = False  # log_likelihood_estimate(x, k): an IWAE bound (bound kind)
+    ode_likelihood: ClassVar[bool] = False  # ode_log_prob(x, steps, probes): through a probability-flow ODE
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int]):
         super().__init__()

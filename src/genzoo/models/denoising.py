@@ -3,11 +3,13 @@ dropout that trains classifier-free guidance, and the guided model function (Ho 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from genzoo.config import option
+from genzoo.data.views import dequantize
 from genzoo.nets.unet import UNet
 
 NUM_CLASSES = 10  # the label set of the data sets genzoo ships; label NUM_CLASSES means "no label"
@@ -58,15 +60,35 @@ def guided(net, y: torch.Tensor | None, guidance: float, time_scale: float = 1.0
     """The network as a function of (x_t, t); with labels and guidance w, the classifier-free combination
     (1 - w) * output(no label) + w * output(label) (w = 1 is plain conditioning, w = 0 unconditional).
     ``time_scale`` multiplies t before the network's time embedding."""
+    def scaled(t):  # (integer DDPM timesteps pass through unchanged)
+        return t if time_scale == 1.0 else t * time_scale
+
     if y is None or guidance == 1.0:
-        return lambda xt, t: net(xt, t * time_scale, y)
+        return lambda xt, t: net(xt, scaled(t), y)
 
     def fn(xt, t):
-        both = net(torch.cat([xt, xt]), torch.cat([t, t]) * time_scale,
-                   torch.cat([torch.full_like(y, NUM_CLASSES), y]))
+        both = net(torch.cat([xt, xt]), scaled(torch.cat([t, t])), torch.cat([torch.full_like(y, NUM_CLASSES), y]))
         uncond, cond = both.chunk(2)
         return uncond + guidance * (cond - uncond)
     return fn
+
+
+def to_model_space(x: torch.Tensor) -> torch.Tensor:
+    """uint8-view values 0..255 -> [-1, 1], the data range of both families (Ho et al.)."""
+    return x / 127.5 - 1.0
+
+
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] for pictures."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def dequantised_log_prob(log_p, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A one-draw estimate of the bound on log P(x) of 8-bit images x [N x C x H x W] given a continuous density
+    log_p on [-1, 1]-scaled data: with x' = (x + u) / 256 mapped to 2 x' - 1,
+        log P(x) >= E_u[log p(2 x' - 1)] + D log 2 - D log 256                 (Theis et al. 2016)."""
+    d = x[0].numel()
+    return log_p(2.0 * dequantize(x, generator) - 1.0) + d * math.log(2.0) - d * math.log(256.0)
 
 
 def check_labels(cfg: DenoiserConfig, y: torch.Tensor | None) -> None:

@@ -18,16 +18,15 @@ and the bits per dimension reported are an upper bound on those of the discrete 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from genzoo import theory
-from genzoo.data.views import dequantize
 from genzoo.models.base import DensityKind, GenerativeModel
-from genzoo.models.denoising import NUM_CLASSES, DenoiserConfig, build_unet, check_labels, drop_labels, guided
+from genzoo.models.denoising import (NUM_CLASSES, DenoiserConfig, build_unet, check_labels, dequantised_log_prob,
+                                     drop_labels, guided, to_image, to_model_space)
 from genzoo.options import GUIDANCE, LABEL
 from genzoo.samplers import FLOW_SAMPLERS, STEPS, get_sampler, sampler_choice
 
@@ -87,13 +86,8 @@ class Flow(GenerativeModel):
         self.net = build_unet(cfg, image_shape)
         self.process = LinearFlow()
 
-    @staticmethod
-    def to_model_space(x: torch.Tensor) -> torch.Tensor:
-        return x / 127.5 - 1.0
-
-    @staticmethod
-    def to_image(x: torch.Tensor) -> torch.Tensor:
-        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+    to_model_space = staticmethod(to_model_space)
+    to_image = staticmethod(to_image)
 
     def model_fn(self, y: torch.Tensor | None = None, guidance: float = 1.0):
         """The velocity v(x_t, t), t in [0, 1], guided towards labels y with scale ``guidance``."""
@@ -116,11 +110,11 @@ class Flow(GenerativeModel):
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """A one-draw estimate of the dequantisation bound on log P(x) of 8-bit images [N x C x H x W], in nats."""
         self.check_discrete(x, 256, "the flow")
-        d = math.prod(self.image_shape)
-        x0 = 2.0 * dequantize(x, generator) - 1.0
-        log_p = theory.ode_log_likelihood(self.model_fn(), x0, lambda z: theory.sum_except_batch(
-            theory.standard_normal_log_prob(z)), steps, probes, generator)
-        return log_p + d * math.log(2.0) - d * math.log(256.0)
+
+        def prior(z):
+            return theory.sum_except_batch(theory.standard_normal_log_prob(z))
+        return dequantised_log_prob(
+            lambda x0: theory.ode_log_likelihood(self.model_fn(), x0, prior, steps, probes, generator), x, generator)
 
     # --- sampling --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,160 @@
+"""Benchmark: diffusion and flow matching at fixed CPU budgets, side by side, and against diffusers.
+
+    python benchmarks/diffusion_budget.py --budgets 30 60 --fid-n 10000 --nll-n 1000 --threads 1
+    python benchmarks/diffusion_budget.py --budgets 1 --fid-n 500 --nll-n 4 --tag smoke          (a smoke run)
+
+For each family (ddpm, flow: their defaults, unconditional) one run trains in stages: to the first budget (CPU
+minutes of training), is scored, then resumes to the next budget, and so on; a budget's scores are those of the
+weights at that budget. Scores: FID and KID of --fid-n samples (genzoo's feature space, the float reference)
+with each sampler in --samplers; sampling seconds per 100 images for each; the NLL on the first --nll-n test
+images (DDPM: the bound and the probability-flow ODE; flow: the ODE). With diffusers installed (a benchmark-only
+dependency: pip install diffusers), its UNet2DModel (about the same parameter count) trained with DDPMScheduler
+for the same minutes is scored the same way from DDIM-50 samples.
+
+Resumable: every stage writes its figures to benchmarks/results/diffusion_budget[-TAG].json and is skipped when
+there; the runs live in benchmarks/results/diffusion_budget[-TAG]/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from vae_mnist import machine  # noqa: E402
+
+from genzoo import runs, storage  # noqa: E402
+from genzoo.config import EvalConfig  # noqa: E402
+from genzoo.data import load_dataset  # noqa: E402
+from genzoo.evaluate import draw_samples, evaluate, score_images  # noqa: E402
+from genzoo.trainer import train_run  # noqa: E402
+
+HERE = Path(__file__).parent
+SAMPLERS = {"ddpm": ["ddim:100", "ddim:20", "dpm++2m:20", "heun:10", "dpm++2m:10"],
+            "flow": ["heun:20", "euler:20", "midpoint:10", "heun:10", "euler:10"]}
+
+
+def parse_sampler(text: str) -> dict:
+    name, _, steps = text.partition(":")
+    return {"sampler": name, "steps": int(steps)} if steps else {"sampler": name}
+
+
+def score_samples(model, data, n: int, sampler: dict) -> dict:
+    samples, rate = draw_samples(model, n, torch.device("cpu"), 500, False, **sampler)
+    return {**sampler, "seconds_per_100": 100 / rate, **score_images(samples, data.name, "float", 500)}
+
+
+def genzoo_stage(family: str, budget: float, args, data, log) -> dict:
+    run_dir = HERE / "results" / f"diffusion_budget{args.tag}" / family
+    resume = (run_dir / runs.CHECKPOINT).is_file()
+    train = {"time_limit": budget, "epochs": args.epochs, "final_eval": "skip"}
+    cfg = (runs.resumed_config(runs.read_config(run_dir), train=train) if resume
+           else runs.new_config(family, train=train))
+    summary = train_run(cfg, run_dir, resume=resume, log=log)
+    run = runs.load_run(run_dir)
+    out = {"train_minutes": summary["train_wall_time_s"] / 60, "steps": summary["steps"],
+           "images_per_s": summary["images_per_s"], "parameters": summary["parameters"],
+           "precision": summary.get("precision"), "samplers": []}
+    for text in args.samplers or SAMPLERS[family]:
+        row = score_samples(run.model, data, args.fid_n, parse_sampler(text))
+        log(f"{family} at {budget:g} min, {text}: FID {row['fid']:.2f}, {row['seconds_per_100']:.1f} s per 100")
+        out["samplers"].append(row)
+    ev = evaluate(run.model, data, EvalConfig(n=args.nll_n, ode_steps=args.ode_steps), torch.device("cpu"),
+                  progress=False)
+    out["nll"] = {k: v for k, v in ev.items() if "bits_per_dim" in k or k.endswith("estimator") or k == "n_examples"}
+    return out
+
+
+def diffusers_stage(budget: float, args, data, log) -> dict:
+    """diffusers' UNet2DModel + DDPMScheduler, L_simple, Adam 1e-3 with clipping, trained for the budget."""
+    try:
+        import diffusers
+        from diffusers import DDIMScheduler
+    except ImportError:
+        return {"skipped": "diffusers is not installed (pip install diffusers)"}
+    from ddpm_vs_diffusers import diffusers_setup
+
+    folder = HERE / "results" / f"diffusion_budget{args.tag}" / "diffusers"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    unet, loss_fn = diffusers_setup(32)
+    opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
+    state_path, seconds = folder / "unet.safetensors", 0.0
+    if state_path.is_file():
+        tensors, meta = storage.load_tensors(state_path)
+        storage.load_weights(unet, tensors, state_path)
+        seconds = float(meta["seconds"])
+    g = torch.Generator().manual_seed(0)
+    images = data.train.images
+    while seconds < 60 * budget:  # (the optimizer restarts at each stage: a stated simplification)
+        tick = time.perf_counter()
+        idx = torch.randint(0, len(images), (128,), generator=g)
+        loss = loss_fn(images[idx].float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        seconds += time.perf_counter() - tick
+    storage.save_tensors(state_path, unet.state_dict(), {"seconds": str(seconds)})
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    scheduler.set_timesteps(50)
+    unet.eval()
+    out, start = [], time.perf_counter()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for s in range(0, args.fid_n, 500):
+            x = torch.randn((min(500, args.fid_n - s), 1, 28, 28), generator=gen)
+            for t in scheduler.timesteps:
+                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            out.append(((x + 1) / 2).clamp(0, 1))
+    rate = args.fid_n / (time.perf_counter() - start)
+    row = {"sampler": "ddim", "steps": 50, "seconds_per_100": 100 / rate,
+           **score_images(torch.cat(out), data.name, "float", 500)}
+    log(f"diffusers at {budget:g} min, ddim:50: FID {row['fid']:.2f}")
+    return {"diffusers_version": diffusers.__version__, "train_minutes": seconds / 60,
+            "parameters": sum(p.numel() for p in unet.parameters()), "samplers": [row]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", nargs="+", default=["ddpm", "flow", "diffusers"])
+    p.add_argument("--budgets", nargs="+", type=float, default=[30.0, 60.0], help="training minutes, increasing")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of the cosine schedule (the horizon of the runs)")
+    p.add_argument("--fid-n", type=int, default=10_000)
+    p.add_argument("--nll-n", type=int, default=1000)
+    p.add_argument("--ode-steps", type=int, default=50)
+    p.add_argument("--samplers", nargs="+", default=None, help="NAME:STEPS, default: a set per family")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--tag", default="")
+    args = p.parse_args()
+    args.tag = f"-{args.tag}" if args.tag else ""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = HERE / "results" / f"diffusion_budget{args.tag}.json"
+    result = storage.read_json(path) if path.is_file() else {}
+    result.update({"benchmark": "diffusion_budget", "machine": machine(),
+                   "command": "python benchmarks/diffusion_budget.py " + " ".join(sys.argv[1:])})
+    data = load_dataset("mnist")
+    stages = result.setdefault("stages", {})
+    for budget in sorted(args.budgets):
+        for family in args.families:
+            key = f"{family}@{budget:g}"
+            if key in stages:
+                continue
+            stage = (diffusers_stage(budget, args, data, print) if family == "diffusers"
+                     else genzoo_stage(family, budget, args, data, print))
+            stages[key] = {**stage, "date": datetime.date.today().isoformat()}
+            storage.write_json(path, result)
+    for key, stage in stages.items():
+        best = min((r["fid"] for r in stage.get("samplers", [])), default=None)
+        print(f"{key:<16} best FID {best if best is None else round(best, 2)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
