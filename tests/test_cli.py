@@ -159,7 +159,7 @@ def test_resume_from_the_command_line_extends_a_run(run_cli, trained, tmp_path):
 
 # --- diffusion from the command line -----------------------------------------------------------------------
 DDPM_SMALL = ["--subset", "256", "--epochs", "1", "--batch-size", "32", "--timesteps", "20", "--channels", "8",
-              "--eval-n", "4", "--class-cond", "true"]
+              "--eval-n", "4", "--eval-ode-steps", "4", "--class-cond", "true"]
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +332,6 @@ def test_every_family_smoke_runs_from_the_command_line(family, tmp_path, run_cli
     if FAMILIES[family].quick_eval is None:
         assert "final evaluation skipped" in summary["eval"]["note"] and "genzoo eval" in summary["eval"]["note"]
     elif FAMILIES[family].kind.value in ("exact", "bound"):
-        assert summary["eval"]["final_eval"] == "quick" and summary["eval"]["n_examples"] == 16
+        assert summary["eval"]["final_eval"] == "quick" and 0 < summary["eval"]["n_examples"] <= 16
     code, _, err = run_cli("sample", run, "--n", 4, "--out", tmp_path / "s.png")
     assert code == 0, err

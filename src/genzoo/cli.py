@@ -251,7 +251,7 @@ def format_metrics(result: dict) -> str:
                      f"{result['ais_chains']} chains, {result['ais_temperatures']} temperatures, effective sample "
                      f"size {result['ais_ess']:.1f}, MALA acceptance {result['ais_acceptance']:.2f}"
                      + (f"; on the grid {result['log_z_grid']:.3f}" if "log_z_grid" in result else ""))
-    for key in ("nll_estimator", "note"):
+    for key in ("nll_estimator", "nll_ode_estimator", "note"):
         if key in result:
             lines.append(f"  {result[key]}")
     return "\n".join(lines)
