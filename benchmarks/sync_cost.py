@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,9 +42,14 @@ def measure(sync_every: int, steps: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "run"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        with socket.socket() as sock:  # a free port for each launch (a just-closed one may linger in TIME_WAIT)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                         __file__, "--child", "--sync-every", str(sync_every), "--steps", str(steps), "--out", str(out)],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+        if not (out / "summary.json").is_file():
+            raise SystemExit(f"the torchrun measurement failed:\n{proc.stderr[-3000:]}")
         summary = json.loads((out / "summary.json").read_text())
         return summary["train_wall_time_s"] / summary["steps"]
 
