@@ -60,7 +60,9 @@ def genzoo_stage(family: str, budget: float, args, data, log) -> dict:
     out = {"train_minutes": summary["train_wall_time_s"] / 60, "steps": summary["steps"],
            "images_per_s": summary["images_per_s"], "parameters": summary["parameters"],
            "precision": summary.get("precision"), "samplers": []}
-    for text in args.samplers or SAMPLERS[family]:
+    offered = run.model.sample_options[0].choices  # the family's --sampler choices
+    for text in [t for t in args.samplers if parse_sampler(t)["sampler"] in offered] if args.samplers \
+            else SAMPLERS[family]:
         row = score_samples(run.model, data, args.fid_n, parse_sampler(text))
         log(f"{family} at {budget:g} min, {text}: FID {row['fid']:.2f}, {row['seconds_per_100']:.1f} s per 100")
         out["samplers"].append(row)
@@ -128,7 +130,8 @@ def main() -> int:
     p.add_argument("--fid-n", type=int, default=10_000)
     p.add_argument("--nll-n", type=int, default=1000)
     p.add_argument("--ode-steps", type=int, default=50)
-    p.add_argument("--samplers", nargs="+", default=None, help="NAME:STEPS, default: a set per family")
+    p.add_argument("--samplers", nargs="+", default=None,
+                   help="NAME:STEPS, each used by the families that have the sampler; default: a set per family")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--tag", default="")
     args = p.parse_args()
