@@ -122,11 +122,10 @@ def add_sampler_options(parser):
     takes which is checked against the loaded run's family (``sampler_options``)."""
     opts = parser.add_argument_group("sampler options (each family takes those it declares: see 'genzoo list')")
     for option in declared_sampler_options().values():
-        takers = [name for name, fam in FAMILIES.items() if option in fam.sample_options
-                  or any(o.name == option.name for o in fam.sample_options)]
+        takers = [name for name, fam in FAMILIES.items() if any(o.name == option.name for o in fam.sample_options)]
         opts.add_argument(option.cli_flag, dest=f"sampler_{option.name}",
                           type=parse_bool if option.type is bool else option.type,
-                          metavar="BOOL" if option.type is bool else None,
+                          metavar="BOOL" if option.type is bool else option.cli_flag.lstrip("-").upper(),
                           help=f"{', '.join(takers)}: {option.help}")
     return opts
 
