@@ -102,6 +102,31 @@ def test_parameterisations_convert_into_each_other(linear):
         assert loss.shape == (8,) and torch.all(loss == 0)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_min_snr_times_the_x0_error(prediction):
+    # Hang et al. 2023: whatever the network predicts, the weighted loss is min(SNR_t, gamma) ||x0_hat - x0||^2,
+    # computed here through predict() and the SNR alpha_bar / (1 - alpha_bar) in float64
+    d = GaussianDiffusion(beta_schedule("linear", 1000), prediction, min_snr_gamma=5.0).double()
+    g = torch.Generator().manual_seed(4)
+    x0, eps = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(6, 1, 4, 4, generator=g,
+                                                                                      dtype=torch.float64)
+    t = torch.tensor([0, 30, 100, 300, 700, 999])
+    output = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64)
+    weighted = d.training_loss(lambda x, tt: output, x0, t, eps)
+    x0_hat, _ = d.predict(output, d.q_sample(x0, t, eps), t)
+    snr = d.alpha_bar64[t] / (1 - d.alpha_bar64[t])
+    expected = snr.clamp(max=5.0) * ((x0_hat - x0) ** 2).reshape(6, -1).mean(1)
+    torch.testing.assert_close(weighted, expected, rtol=1e-5, atol=0)
+    assert snr[0] > 5 > snr[-1]  # both sides of the clip are exercised
+    plain = d.training_loss(lambda x, tt: output, x0, t, eps, weighted=False)
+    torch.testing.assert_close(plain, ((output - d.target(x0, t, eps)) ** 2).reshape(6, -1).mean(1))
+
+
+def test_min_snr_gamma_must_be_non_negative():
+    with pytest.raises(ConfigError, match="min-snr-gamma must be non-negative"):
+        GaussianDiffusion(beta_schedule("linear", 10), min_snr_gamma=-1.0)
+
+
 def test_score_noise_identity_against_autograd(linear):
     g = torch.Generator().manual_seed(3)
     x0, eps = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)

@@ -101,3 +101,19 @@ def test_the_family_scores_8_bit_images_and_samples_with_its_own_options():
         model.sample(1, sampler="ddim")
     with pytest.raises(ConfigError, match="not trained with --class-cond"):
         model.sample(1, y=torch.tensor([2]))
+
+
+@pytest.mark.parametrize("law", ["uniform", "logit-normal"])
+def test_training_times_follow_their_law(law):
+    t = LinearFlow(law).sample_times(200_000, generator=torch.Generator().manual_seed(0))
+    assert 0 < t.min() and t.max() < 1
+    grid = torch.tensor([0.05, 0.2, 0.5, 0.8, 0.95])
+    empirical = (t[:, None] <= grid).double().mean(0)
+    # P(t <= p): p itself, or Phi(logit p) for t = sigmoid(N(0, 1)), computed here from the normal CDF
+    expected = grid.double() if law == "uniform" else 0.5 * (1 + torch.erf(torch.logit(grid.double()) / math.sqrt(2)))
+    torch.testing.assert_close(empirical, expected, atol=4e-3, rtol=0)
+
+
+def test_an_unknown_time_law_is_one_sentence():
+    with pytest.raises(ConfigError, match="unknown time sampling 'beta'"):
+        LinearFlow("beta")

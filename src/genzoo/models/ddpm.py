@@ -79,6 +79,18 @@ def timestep_subsequence(timesteps: int, steps: int, spacing: str = "uniform") -
     return tau
 
 
+def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 8 and its section 3.4): the weight of each parameterisation's
+    MSE that makes it min(SNR_t, gamma) * ||x0_hat - x0||^2. eps: min(SNR, gamma) / SNR; x0: min(SNR, gamma);
+    v: min(SNR, gamma) / (SNR + 1). gamma = 0 is L_simple (weight 1)."""
+    if gamma == 0:
+        return torch.ones_like(snr)
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return clipped / snr
+    return clipped if prediction == "x0" else clipped / (snr + 1.0)
+
+
 def _gather(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """table[t] shaped to broadcast against a [N x ...] tensor of ``ndim`` dimensions."""
     return table[t].reshape(-1, *([1] * (ndim - 1)))
@@ -87,8 +99,11 @@ def _gather(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
 class GaussianDiffusion(torch.nn.Module):
     """The forward process, its posterior, the parameterisations, the samplers and the bound (no parameters)."""
 
-    def __init__(self, betas: torch.Tensor, prediction: str = "eps", variance: str = "beta_tilde"):
+    def __init__(self, betas: torch.Tensor, prediction: str = "eps", variance: str = "beta_tilde",
+                 min_snr_gamma: float = 0.0):
         super().__init__()
+        if min_snr_gamma < 0:
+            raise ConfigError(f"--min-snr-gamma must be non-negative (0 = off); got {min_snr_gamma}.")
         if prediction not in PREDICTIONS:
             raise ConfigError(f"unknown prediction '{prediction}'; choose one of: {', '.join(PREDICTIONS)}.")
         if variance not in ("beta", "beta_tilde"):
@@ -110,6 +125,7 @@ class GaussianDiffusion(torch.nn.Module):
             "log_beta": torch.log(torch.cat([beta_tilde[1:2], betas[1:]])),
             "posterior_coef_x0": betas * alpha_bar_prev.sqrt() / (1.0 - alpha_bar),
             "posterior_coef_xt": (1.0 - alpha_bar_prev) * alphas.sqrt() / (1.0 - alpha_bar),
+            "loss_weight": min_snr_weight(alpha_bar / (1.0 - alpha_bar), prediction, min_snr_gamma),
         }
         for name, value in tables.items():  # computed in float64, cast once
             self.register_buffer(name, value.float(), persistent=False)
@@ -190,8 +206,10 @@ class GaussianDiffusion(torch.nn.Module):
 
     # --- training ----------------------------------------------------------------------------------
     def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor | None = None,
-                      eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """L_simple (Ho et al. eq. 14): the mean squared error of the parameterisation's target, per example.
+                      eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                      weighted: bool = True) -> torch.Tensor:
+        """L_simple (Ho et al. eq. 14): the mean squared error of the parameterisation's target, per example,
+        times the min-SNR-gamma weight of its timestep when ``weighted`` and gamma > 0 (1 otherwise).
         The timesteps and the noise not given are drawn from ``generator`` (torch's global one when None)."""
         n = x0.shape[0]
         if t is None:
@@ -199,7 +217,8 @@ class GaussianDiffusion(torch.nn.Module):
         if eps is None:
             eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         output = model_fn(self.q_sample(x0, t, eps), t)
-        return ((output - self.target(x0, t, eps)) ** 2).reshape(n, -1).mean(dim=1)
+        mse = ((output - self.target(x0, t, eps)) ** 2).reshape(n, -1).mean(dim=1)
+        return mse * self.loss_weight[t] if weighted else mse
 
     # --- the reverse process ---------------------------------------------------------------------
     def p_mean_logvar(self, model_fn: ModelFn, xt: torch.Tensor, t: torch.Tensor, clip: bool = False):
@@ -335,6 +354,8 @@ class DDPMConfig(DenoiserConfig):
     timesteps: int = option(1000, "diffusion steps T", min=2, max=10000)
     pred: str = option("eps", "what the network predicts", choices=PREDICTIONS)
     variance: str = option("beta_tilde", "reverse-process variance sigma_t^2", choices=("beta", "beta_tilde"))
+    min_snr_gamma: float = option(0.0, "weight each timestep's loss by min-SNR-gamma (Hang et al. 2023; 5 is their "
+                                  "choice; 0 = the plain L_simple)", min=0.0)
 
 
 class DDPM(GenerativeModel):
@@ -359,7 +380,8 @@ class DDPM(GenerativeModel):
     def __init__(self, cfg: DDPMConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
         self.net = build_unet(cfg, image_shape)
-        self.diffusion = GaussianDiffusion(beta_schedule(cfg.schedule, cfg.timesteps), cfg.pred, cfg.variance)
+        self.diffusion = GaussianDiffusion(beta_schedule(cfg.schedule, cfg.timesteps), cfg.pred, cfg.variance,
+                                           cfg.min_snr_gamma)
 
     to_model_space = staticmethod(to_model_space)
     to_image = staticmethod(to_image)
@@ -375,7 +397,7 @@ class DDPM(GenerativeModel):
                                             generator=generator)
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return {"mse": self.diffusion.training_loss(self.model_fn(), self.to_model_space(x))}
+        return {"mse": self.diffusion.training_loss(self.model_fn(), self.to_model_space(x), weighted=False)}
 
     def elbo(self, x: torch.Tensor) -> torch.Tensor:
         """The variational lower bound on log P(x) of the 8-bit image, in nats (all T terms)."""

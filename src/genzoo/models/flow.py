@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from genzoo import theory
+from genzoo.config import option
+from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.models.denoising import (NUM_CLASSES, DenoiserConfig, build_unet, check_labels, dequantised_log_prob,
                                      drop_labels, guided, to_image, to_model_space)
@@ -33,8 +35,23 @@ from genzoo.samplers import FLOW_SAMPLERS, STEPS, get_sampler, sampler_choice
 TIME_SCALE = 1000.0  # t in [0, 1] enters the U-Net's sinusoidal embedding as 1000 t, the range DDPM timesteps span
 
 
+TIME_SAMPLING = ("uniform", "logit-normal")
+
+
 class LinearFlow:
-    """The linear path and its conditional velocity (no parameters): pure functions of tensors."""
+    """The linear path and its conditional velocity (no parameters), and the law of the training times:
+    uniform on [0, 1], or logit-normal, t = sigmoid(n) with n ~ N(0, 1), which trains the middle of the path more
+    (Esser et al. 2024, eq. 19, m = 0, s = 1)."""
+
+    def __init__(self, time_sampling: str = "uniform"):
+        if time_sampling not in TIME_SAMPLING:
+            raise ConfigError(f"unknown time sampling '{time_sampling}'; choose one of: {', '.join(TIME_SAMPLING)}.")
+        self.time_sampling = time_sampling
+
+    def sample_times(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.time_sampling == "uniform":
+            return torch.rand((n,), device=device, generator=generator)
+        return torch.sigmoid(torch.randn((n,), device=device, generator=generator))
 
     @staticmethod
     def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -52,7 +69,7 @@ class LinearFlow:
         """The conditional flow-matching loss per example (mean over dimensions), [N]."""
         n = x0.shape[0]
         if t is None:
-            t = torch.rand((n,), device=x0.device, generator=generator)
+            t = self.sample_times(n, x0.device, generator)
         if eps is None:
             eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         v = model_fn(self.q_sample(x0, t, eps), t)
@@ -61,7 +78,8 @@ class LinearFlow:
 
 @dataclass
 class FlowConfig(DenoiserConfig):
-    pass
+    time_sampling: str = option("uniform", "law of the training times on the path (logit-normal: Esser et al. 2024)",
+                                choices=TIME_SAMPLING)
 
 
 class Flow(GenerativeModel):
@@ -84,7 +102,7 @@ class Flow(GenerativeModel):
     def __init__(self, cfg: FlowConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
         self.net = build_unet(cfg, image_shape)
-        self.process = LinearFlow()
+        self.process = LinearFlow(cfg.time_sampling)
 
     to_model_space = staticmethod(to_model_space)
     to_image = staticmethod(to_image)
