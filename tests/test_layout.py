@@ -11,7 +11,7 @@ PACKAGE = Path(genzoo.__file__).parent
 # Bottom to top. A module may import modules of its own layer or of the layers below it, never above.
 LAYERS = [
     {"_version", "errors", "storage", "theory", "quality", "ais", "options", "devices", "distributed"},
-    {"data", "nets", "plots"},  # packages: every module inside them
+    {"data", "nets", "plots", "zoo"},  # data, nets: packages, every module inside them
     {"config"},
     {"samplers", "models"},
     {"runs", "evaluate", "features", "tables"},

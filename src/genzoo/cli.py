@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from genzoo import runs, storage
+from genzoo import runs, storage, zoo
 from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.datasets import DATASETS, load_dataset, locate, search_dirs
@@ -56,9 +57,10 @@ def build_parser() -> Parser:
                                 defaults=EvalConfig(**family.final_eval_defaults))
 
     sample = sub.add_parser("sample", help="draw samples from a trained run")
-    sample.add_argument("run", type=Path, help="run folder")
+    sample.add_argument("run", type=run_argument, help="run folder, or zoo:NAME (see genzoo zoo)")
     sample.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
-    sample.add_argument("--out", type=Path, default=None, help="PNG file (default RUN/samples-seedS.png)")
+    sample.add_argument("--out", type=Path, default=None,
+                        help="PNG file (default RUN/samples-seedS.png; for zoo:NAME, NAME-samples-seedS.png here)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--device", default="auto", choices=DEVICES)
     opts = add_sampler_options(sample)
@@ -68,7 +70,8 @@ def build_parser() -> Parser:
     ev = sub.add_parser("eval", help="score a trained run by what its density kind offers, or its samples by FID",
                         description="Score a run: its test likelihood as its density kind allows, or with --fid the "
                                     "quality of its samples (FID and KID in genzoo's feature space).")
-    ev.add_argument("run", type=Path, help="run folder")
+    ev.add_argument("run", type=run_argument,
+                    help="run folder, or zoo:NAME (its results are then written here, as NAME-eval-SPLIT.json)")
     add_dataclass_arguments(ev, EvalConfig)  # shown defaults are EvalConfig's; a family may lower --n (ddpm: 500)
     ev.add_argument("--device", default="auto", choices=DEVICES)
     fid = ev.add_argument_group("sample quality")
@@ -98,12 +101,30 @@ def build_parser() -> Parser:
     b.add_argument("--device", default="auto", choices=DEVICES)
 
     r = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
-    r.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders")
+    r.add_argument("runs", type=run_argument, nargs="+", metavar="RUN", help="run folders or zoo:NAME")
     r.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
+
+    z = sub.add_parser("zoo", help="the trained models that ship with genzoo (use them as zoo:NAME)")
+    z.add_argument("name", nargs="?", default=None, help="show this model's card")
 
     sub.add_parser("list", help="the model families and data sets")
     sub.add_parser("theory", help="run every identity of the chapter as a numeric check")
     return p
+
+
+def run_argument(text: str) -> str | Path:
+    """A run folder, or the name zoo:NAME kept as it is (resolved, and verified, where it is opened)."""
+    return text if zoo.is_zoo(text) else Path(text)
+
+
+def run_folder(run: str | Path) -> Path:
+    return zoo.resolve(run)
+
+
+def output_path(run: str | Path, name: str) -> Path:
+    """Where a command writes a result about ``run``: inside its folder, or for a zoo model (whose folder is part
+    of the installation) in the working folder, prefixed with the model's name."""
+    return Path(f"{str(run).removeprefix(zoo.PREFIX)}-{name}") if zoo.is_zoo(run) else Path(run) / name
 
 
 def declared_sampler_options() -> dict[str, Option]:
@@ -191,7 +212,7 @@ def cmd_sample(args) -> int:
     if args.seed < 0:
         raise ConfigError(f"--seed must be non-negative; got {args.seed}.")
     what = "completions" if args.complete is not None else "samples"
-    out = args.out if args.out is not None else args.run / f"{what}-seed{args.seed}.png"
+    out = args.out if args.out is not None else output_path(args.run, f"{what}-seed{args.seed}.png")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file; got {out}.")
     device = pick_device(args.device)
@@ -269,7 +290,7 @@ def cmd_eval(args) -> int:
         reference = None if args.reference == "auto" else args.reference
         result = sample_quality(run.model, data, n, device, reference, args.batch_size,
                                 progress=sys.stderr.isatty(), **options)
-        out = args.run / runs.FID_EVAL
+        out = output_path(args.run, runs.FID_EVAL)
         storage.write_json(out, result)
         print(format_quality(result))
         print(f"written to {out}")
@@ -283,7 +304,7 @@ def cmd_eval(args) -> int:
     data = load_dataset(run.config.train.dataset)
     result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty())
     result["eval_config"] = dataclasses.asdict(cfg)
-    out = args.run / runs.eval_file(cfg.split)
+    out = output_path(args.run, runs.eval_file(cfg.split))
     storage.write_json(out, result)
     print(format_metrics(result))
     print(f"written to {out}")
@@ -332,8 +353,27 @@ def cmd_report(args) -> int:
         raise ConfigError(f"--out must name an .html file; got {args.out}.")
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: the folder {args.out.parent} does not exist.")
-    out = write_report(args.runs, args.out)
+    out = write_report([run_folder(r) for r in args.runs], args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB, {len(args.runs)} run(s))")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    if args.name is not None:
+        print(json.dumps(zoo.read_card(args.name), indent=2))
+        return 0
+    models = zoo.read_index()
+    if not models:
+        print("no zoo models in this installation")
+        return 0
+    print(f"{'name':<22} {'family':<9} {'kind':<13} {'data':<14} {'size':>7} {'CPU h':>6}  figures")
+    for name in models:
+        card = zoo.read_card(name)
+        figures = "; ".join(f"{f['name']} {f['value']:g} {f['unit']} (n={f['n']:,})" for f in card.get("figures", []))
+        print(f"{name:<22} {card['family']:<9} {card['kind']:<13} {card['dataset']:<14} "
+              f"{models[name]['bytes'] / 1e6:>5.1f}MB {card['cpu_hours']:>6.2f}  {figures}")
+    print("use as: genzoo sample zoo:NAME, genzoo eval zoo:NAME, genzoo.load_run('zoo:NAME'); "
+          "genzoo zoo NAME shows a model card")
     return 0
 
 
@@ -367,7 +407,7 @@ def cmd_theory(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report,
-            "list": cmd_list, "theory": cmd_theory}
+            "zoo": cmd_zoo, "list": cmd_list, "theory": cmd_theory}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict, validate
 from genzoo.data.datasets import data_shape
 from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError, RunError
+from genzoo import zoo
 from genzoo.models import get_family
 from genzoo.storage import PICKLE_SUFFIXES, atomic_write, load_tensors, load_weights, read_json, save_tensors
 
@@ -130,8 +131,9 @@ class Run:
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
-    """Rebuild a run's model from ``config.json`` and ``model.safetensors``. Nothing is unpickled."""
-    path = Path(path)
+    """Rebuild a run's model from ``config.json`` and ``model.safetensors`` of a run folder, or of the zoo model
+    named "zoo:NAME" (its files verified first). Nothing is unpickled."""
+    path = zoo.resolve(path)
     cfg = read_config(path)
     model = build_model(cfg, data_shape(cfg.train.dataset))
     weights_path = path / MODEL
@@ -142,8 +144,8 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
                            f"(loading a pickle can run any code it holds), so convert the weights to safetensors "
                            f"where you trust them.")
         raise RunError(f"{path} has no {MODEL} yet (has its training written a checkpoint?).")
-    tensors, _ = load_tensors(weights_path)
-    load_weights(model, tensors, weights_path)
+    tensors, metadata = load_tensors(weights_path)
+    load_weights(model, zoo.restore_precision(tensors, metadata, model.state_dict()), weights_path)
     model.to(device).eval()
     return Run(path=path, config=cfg, model=model)
 

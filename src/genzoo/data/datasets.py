@@ -15,9 +15,6 @@ import functools
 import gzip
 import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genzoo.data.fetch import fetch_verified
 from genzoo.data.idx import read_idx
 from genzoo.errors import ConfigError, DataError
 
@@ -164,32 +162,14 @@ def _sha256_of_gz(path: Path) -> str | None:
 
 
 def _fetch_verified(url: str, target: Path, sha256: str, timeout: float) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    expected_len = response.headers.get("Content-Length")
-                    received = 0
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        received += len(chunk)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise DataError(f"{url}: download failed ({reason}).") from None
-            if expected_len is not None and received != int(expected_len):
-                raise DataError(f"{url}: transfer cut off ({received} of {expected_len} bytes).")
-            out.flush()
-            os.fsync(out.fileno())
+    def problem(tmp: Path) -> str | None:
         digest = _sha256_of_gz(tmp)
         if digest is None:
-            raise DataError(f"{url}: the downloaded file is not a complete gzip file.")
+            return "the downloaded file is not a complete gzip file"
         if digest != sha256:
-            raise DataError(f"{url}: checksum mismatch (got SHA-256 {digest[:16]}…, expected {sha256[:16]}…).")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+            return f"checksum mismatch (got SHA-256 {digest[:16]}…, expected {sha256[:16]}…)"
+        return None
+    fetch_verified(url, target, problem, timeout, DataError)
 
 
 @dataclass

@@ -1,0 +1,159 @@
+"""The zoo: packing a run, opening zoo:NAME with its files verified, half-precision storage, fetching by URL, and
+every model that ships loading and sampling."""
+
+import functools
+import http.server
+import threading
+
+import pytest
+import torch
+
+from conftest import assert_one_clear_error, tiny_vae_config
+from genzoo import runs, storage, zoo
+from genzoo.errors import ConfigError, RunError
+from genzoo.trainer import train_run
+
+CARD = {"family": "vae", "kind": "bound", "dataset": "mnist", "cpu_hours": 0.001, "command": "test",
+        "figures": [{"name": "-ELBO", "value": 200.0, "unit": "nats", "n": 64, "reference": "test"}]}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run") / "vae"
+    train_run(tiny_vae_config(epochs=1), folder, log=lambda *a: None, progress_bar=False)
+    return folder
+
+
+@pytest.fixture
+def root(tmp_path, finished_run, monkeypatch):
+    """A zoo of one model, tiny-vae, in a folder of its own; the user's cache in another."""
+    monkeypatch.setattr(zoo, "ROOT", tmp_path / "zoo")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    zoo.pack(finished_run, "tiny-vae", CARD)
+    return tmp_path / "zoo"
+
+
+def test_a_packed_model_is_the_run_in_half_precision(root, finished_run):
+    entry = zoo.read_index()["tiny-vae"]
+    assert {"config.json", "model.safetensors", "card.json", "summary.json", "samples.png"} <= set(entry["files"])
+    assert not any(f.endswith(".safetensors") and f != "model.safetensors" for f in entry["files"])  # no checkpoint
+    stored, meta = storage.load_tensors(root / "tiny-vae" / "model.safetensors")
+    assert meta["storage_dtype"] == "float16" and all(t.dtype == torch.float16 for t in stored.values())
+    original, fromzoo = runs.load_run(finished_run), runs.load_run("zoo:tiny-vae")
+    for (name, a), (_, b) in zip(original.model.state_dict().items(), fromzoo.model.state_dict().items()):
+        assert b.dtype == a.dtype == torch.float32, name  # loading restores the model's precision
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0)  # exactly the half-rounded weights
+    x = torch.randint(0, 2, (16, 1, 28, 28)).float()
+    torch.manual_seed(0)
+    a = original.model.elbo(x)
+    torch.manual_seed(0)
+    b = fromzoo.model.elbo(x)
+    torch.testing.assert_close(b, a, rtol=2e-3, atol=0.05)  # half storage moves the bound by little
+
+
+def test_a_damaged_or_substituted_file_is_refused_in_one_sentence(root, run_cli):
+    weights = root / "tiny-vae" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RunError, match="fails its SHA-256 check"):
+        runs.load_run("zoo:tiny-vae")
+    code, _, err = run_cli("sample", "zoo:tiny-vae", "--n", "4")
+    assert_one_clear_error(code, err, "zoo:tiny-vae", "model.safetensors", "SHA-256")
+
+
+def test_an_unknown_name_lists_the_zoo(root, run_cli):
+    with pytest.raises(ConfigError, match=r"no zoo model 'no-such'; the zoo has: zoo:tiny-vae\."):
+        runs.load_run("zoo:no-such")
+    code, _, err = run_cli("eval", "zoo:no-such")
+    assert_one_clear_error(code, err, "zoo:tiny-vae")
+
+
+def test_zoo_models_work_from_the_cli_and_write_into_the_working_folder(root, run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()}
+    code, out, _ = run_cli("sample", "zoo:tiny-vae", "--n", "4", "--seed", "3")
+    assert code == 0 and (tmp_path / "tiny-vae-samples-seed3.png").is_file()
+    code, out, _ = run_cli("eval", "zoo:tiny-vae", "--n", "16", "--iwae-k", "2")
+    assert code == 0 and (tmp_path / "tiny-vae-eval-test.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()} == before  # the zoo is never written
+    code, out, _ = run_cli("zoo")
+    assert code == 0 and "tiny-vae" in out and "-ELBO 200 nats (n=64)" in out
+    code, out, _ = run_cli("zoo", "tiny-vae")
+    assert code == 0 and '"cpu_hours": 0.001' in out
+    code, out, _ = run_cli("report", "zoo:tiny-vae", "--out", tmp_path / "r.html")
+    assert code == 0 and "tiny-vae" in (tmp_path / "r.html").read_text()
+
+
+class _FileServer:
+    """Serves the files of one folder; 'tamper' changes a byte of what it sends."""
+
+    def __init__(self, folder):
+        self.requests, self.tamper = [], False
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                path = folder / self.path.rsplit("/", 1)[-1]
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                body = path.read_bytes()
+                if outer.tamper:
+                    body = body[:-1] + bytes([body[-1] ^ 1])
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/models/tiny-vae"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_a_model_listed_with_a_url_is_fetched_verified_into_the_cache(root, tmp_path):
+    served = tmp_path / "served"
+    (root / "tiny-vae").rename(served)  # the package no longer holds it: only the URL does
+    server = _FileServer(served)
+    try:
+        index = storage.read_json(root / zoo.INDEX)
+        index["models"]["tiny-vae"]["url"] = server.url
+        storage.write_json(root / zoo.INDEX, index)
+        server.tamper = True
+        with pytest.raises(RunError, match="fails its SHA-256 check"):
+            zoo.resolve("zoo:tiny-vae")
+        cached = tmp_path / "cache" / "genzoo" / "zoo" / "tiny-vae"
+        assert not any(cached.iterdir())  # nothing half-written, nothing unverified kept
+        server.tamper = False
+        folder = zoo.resolve("zoo:tiny-vae")
+        files = index["models"]["tiny-vae"]["files"]
+        assert folder == cached and sorted(p.name for p in folder.iterdir()) == sorted(files)
+        n = len(server.requests)
+        runs.load_run("zoo:tiny-vae")
+        assert len(server.requests) == n  # a complete, verified copy is not fetched again
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+@functools.cache
+def shipped():
+    return zoo.names()
+
+
+@pytest.mark.parametrize("name", shipped() or [pytest.param(None, marks=pytest.mark.skip("no zoo models yet"))])
+def test_every_shipped_model_loads_and_samples(name):
+    run = runs.load_run(f"zoo:{name}")
+    card = zoo.read_card(name)
+    assert card["family"] == run.config.family and card["dataset"] == run.config.train.dataset
+    x = run.model.sample(2, torch.Generator().manual_seed(0))
+    assert x.shape[0] == 2 and torch.isfinite(x).all() and 0 <= x.min() and x.max() <= 1
+
+
+def test_the_shipped_zoo_stays_small():
+    total = sum(e["bytes"] for e in zoo.read_index().values())
+    assert total <= 30e6, f"the zoo holds {total / 1e6:.1f} MB; the limit is 30 MB"
