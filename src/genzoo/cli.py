@@ -50,6 +50,10 @@ def build_parser() -> Parser:
         f.add_argument("--out", type=Path, default=None,
                        help="run folder to write (default: runs/FAMILY-DATASET, numbered if it exists)")
         f.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+        if family.presets:
+            f.add_argument("--preset", choices=list(family.presets), default=None,
+                           help="a named recipe over the defaults (flags given still win): " + "; ".join(
+                               f"{name}: {p.about}, {p.expect}" for name, p in family.presets.items()))
         add_dataclass_arguments(f.add_argument_group("model"), family.Config)
         add_dataclass_arguments(f.add_argument_group("training"), TrainConfig,
                                 defaults=TrainConfig(**family.train_defaults))
@@ -178,11 +182,13 @@ def resolve_train_config(args) -> tuple[runs.RunConfig, Path]:
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue.")
+        if getattr(args, "preset", None) is not None:
+            raise ConfigError("--preset applies to a new run; a resumed run keeps its saved settings.")
         saved = runs.read_config(args.out)
         if saved.family != args.family:
             raise ConfigError(f"{args.out} is a {saved.family} run, not a {args.family} run.")
         return runs.resumed_config(saved, model, train, ev), args.out
-    cfg = runs.new_config(args.family, model, train, ev)
+    cfg = runs.new_config(args.family, model, train, ev, getattr(args, "preset", None))
     out = args.out if args.out is not None else default_out(args.family, cfg.train.dataset)
     if out.exists() and (not out.is_dir() or any(p.name != storage.LOCK for p in out.iterdir())):
         raise ConfigError(f"{out} already exists and is not empty; continue that run with --resume, "
@@ -369,7 +375,8 @@ def cmd_zoo(args) -> int:
     print(f"{'name':<22} {'family':<9} {'kind':<13} {'data':<14} {'size':>7} {'CPU h':>6}  figures")
     for name in models:
         card = zoo.read_card(name)
-        figures = "; ".join(f"{f['name']} {f['value']:g} {f['unit']} (n={f['n']:,})" for f in card.get("figures", []))
+        figures = "; ".join(" ".join(filter(None, (f["name"], f"{f['value']:g}", f["unit"]))) + f" (n={f['n']:,})"
+                            for f in card.get("figures", []))
         print(f"{name:<22} {card['family']:<9} {card['kind']:<13} {card['dataset']:<14} "
               f"{models[name]['bytes'] / 1e6:>5.1f}MB {card['cpu_hours']:>6.2f}  {figures}")
     print("use as: genzoo sample zoo:NAME, genzoo eval zoo:NAME, genzoo.load_run('zoo:NAME'); "
@@ -384,6 +391,8 @@ def cmd_list(args) -> int:
         print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view {views}")
         if family.capabilities():
             print(f"  {'':<14} sample: {' '.join(family.capabilities())}")
+        for preset, recipe in family.presets.items():
+            print(f"  {'':<14} --preset {preset}: {recipe.about}; {recipe.expect}")
     print("datasets:")
     for name, spec in DATASETS.items():
         found = locate(spec)

@@ -62,16 +62,23 @@ class RunConfig:
 
 
 def new_config(family: str, model: dict | None = None, train: dict | None = None,
-               eval: dict | None = None) -> RunConfig:
+               eval: dict | None = None, preset: str | None = None) -> RunConfig:
     """The configuration of a new run: the family's defaults (its defaults for 2-D points when ``train`` names a
-    toy data set), overridden by the given settings, every value validated. The one place a RunConfig is made."""
+    toy data set), then the named ``preset``'s settings, overridden by the given settings, every value validated.
+    The one place a RunConfig is made."""
     fam = get_family(family)
     train = dict(train or {})
     toy = fam.points_defaults if train.get("dataset", TrainConfig().dataset) in TOY_DATASETS else {}
+    if preset is not None and preset not in fam.presets:
+        have = ", ".join(fam.presets) or "none"
+        raise ConfigError(f"the {family} family has no preset '{preset}'; its presets: {have}.")
+    chosen = fam.presets[preset] if preset is not None else None
     return RunConfig(
         family=family,
-        model=validate(fam.Config(**{**toy.get("model", {}), **(model or {})}), prefix="--"),
-        train=validate(TrainConfig(**{**fam.train_defaults, **toy.get("train", {}), **train}), prefix="--"),
+        model=validate(fam.Config(**{**toy.get("model", {}), **(chosen.model if chosen else {}), **(model or {})}),
+                       prefix="--"),
+        train=validate(TrainConfig(**{**fam.train_defaults, **toy.get("train", {}), **(chosen.train if chosen else {}),
+                                      **train}), prefix="--"),
         eval=validate(EvalConfig(**{**fam.final_eval_defaults, **(eval or {})}), prefix="--eval-"))
 
 

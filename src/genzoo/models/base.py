@@ -14,6 +14,7 @@ model only for what its kind offers, so asking a GAN for a likelihood is an erro
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -39,6 +40,16 @@ class DensityKind(str, enum.Enum):
         }[self.value]
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe (``genzoo train FAMILY --preset NAME``): settings over the family's defaults, and what it was
+    measured to give, so that a published-figure run is one command. Flags given on the command line still win."""
+    about: str  # one line: what the recipe is
+    expect: str  # the measured figure and its CPU time, as BENCHMARKS.md records them
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
 class GenerativeModel(nn.Module):
     family: ClassVar[str]
     kind: ClassVar[DensityKind]
@@ -56,6 +67,7 @@ class GenerativeModel(nn.Module):
     views_offered: ClassVar[str] = ""  # for `genzoo list` when the view depends on the configuration
     takes_points: ClassVar[bool] = False  # True for the families that also train on 2-D toy data (view "points")
     points_defaults: ClassVar[dict] = {}  # {"model": {...}, "train": {...}}: the defaults on 2-D toy data
+    presets: ClassVar[dict[str, Preset]] = {}  # named recipes, for --preset
     # What the family can do besides sample(n), declared rather than probed (`genzoo list` shows it):
     sample_options: ClassVar[tuple[Option, ...]] = ()  # the keyword options of sample(), checked in one place
     can_complete: ClassVar[bool] = False  # complete(x, n): fill in the bottom of an image (autoregressive)

@@ -1,0 +1,94 @@
+"""Put a finished run into the zoo: pack it (half-precision weights, its JSON and pictures), score the packed
+weights on the full protocol, and write the model card from those scores.
+
+    python scripts/zoo_add.py RUN NAME --command "genzoo train vae --out runs/vae-mnist" [--fid-n 10000]
+        [--sampler ddim --steps 50] [--eval-n 0] [--iwae-k 1000] [--threads 1]
+
+Figures are measured on the zoo copy (zoo:NAME), not on the run, so the card describes what users load: the
+likelihood the family's kind allows on --eval-n test images (0 = all 10,000), and FID/KID of --fid-n samples in
+genzoo's feature space. The card also holds the training command, genzoo's version and commit, the CPU time, the
+machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from vae_mnist import machine  # noqa: E402
+
+from genzoo import __version__, runs, storage, zoo  # noqa: E402
+from genzoo.config import EvalConfig  # noqa: E402
+from genzoo.data import load_dataset  # noqa: E402
+from genzoo.evaluate import evaluate, sample_quality  # noqa: E402
+
+
+def likelihood_figures(ev: dict) -> list[dict]:
+    figures = []
+    for key, value in ev.items():
+        if key.endswith("_nats") and f"{key}_stderr" in ev:
+            what = {"neg_elbo": "-ELBO", "nll": "NLL", "nll_ode": "NLL (ODE)", "nll_ais": "NLL (AIS)"}.get(key[:-5],
+                                                                                                       key[:-5])
+            figures.append({"name": what, "value": round(value, 3), "stderr": round(ev[f"{key}_stderr"], 3),
+                            "unit": "nats", "n": ev["n_examples"], "reference": f"{ev['dataset']} {ev['split']}"})
+            bits = ev.get(f"{key[:-5]}_bits_per_dim")
+            if bits is not None:
+                figures.append({"name": what, "value": round(bits, 4), "unit": "bits/dim", "n": ev["n_examples"],
+                                "reference": f"{ev['dataset']} {ev['split']}"})
+    return figures
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path)
+    p.add_argument("name")
+    p.add_argument("--command", required=True, help="the command that trained the run (resumes included)")
+    p.add_argument("--eval-n", type=int, default=0, help="test images of the likelihood (0 = all)")
+    p.add_argument("--iwae-k", type=int, default=1000)
+    p.add_argument("--ode-steps", type=int, default=50)
+    p.add_argument("--fid-n", type=int, default=10_000)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = storage.read_json(args.run / runs.SUMMARY)
+    config = runs.read_config(args.run)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    card = {"name": args.name, "family": config.family, "kind": summary["kind"], "dataset": config.train.dataset,
+            "command": args.command, "genzoo_version": __version__, "commit": commit,
+            "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3), "steps": summary["steps"],
+            "epochs": summary["epochs_completed"], "parameters": summary["parameters"],
+            "machine": machine(), "date": datetime.date.today().isoformat(), "figures": []}
+    zoo.pack(args.run, args.name, card)  # the figures below are measured on the packed weights
+    run = runs.load_run(f"zoo:{args.name}")
+    data = load_dataset(config.train.dataset)
+    cpu = torch.device("cpu")
+    defaults = type(run.model).eval_defaults
+    ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
+                                                 "ode_steps": args.ode_steps}), cpu, log=print)
+    card["figures"] += likelihood_figures(ev)
+    sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    if args.fid_n:
+        q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
+        for what in ("fid", "kid"):
+            card["figures"].append({"name": what.upper(), "value": round(q[what], 4 if what == "kid" else 2),
+                                    **({"stderr": round(q["kid_stderr"], 4)} if what == "kid" else {}),
+                                    "unit": "", "n": q["n_samples"],
+                                    "reference": f"{config.train.dataset} test, {q['reference_view']} view, "
+                                                 f"genzoo features", "sampler": q["sampler"]})
+    zoo.pack(args.run, args.name, card)
+    print(f"zoo:{args.name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})"
+                                            for f in card["figures"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
