@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from genzoo.errors import ConfigError
-from genzoo.models.realnvp import (AffineCoupling, MultiScaleFlow, RealNVP, RealNVPConfig, checkerboard,
+from genzoo import runs, storage
+from genzoo.models.realnvp import (ActNorm, AffineCoupling, MultiScaleFlow, RealNVP, RealNVPConfig, checkerboard,
                                    inverse_logit_transform, logit_transform, squeeze, unsqueeze)
 
 
@@ -65,6 +66,55 @@ def test_multiscale_flow_inverts_and_its_log_det_matches_autograd():
     assert z.shape == (2, 16)
     assert (flow.inverse(z) - x).abs().max() < 1e-10
     torch.testing.assert_close(log_det, jacobian_log_det(lambda v: flow(v)[0], x), rtol=1e-9, atol=1e-9)
+
+
+def test_actnorm_initialises_from_its_first_training_batch_only():
+    norm = ActNorm(3).double()
+    x = 2.0 + 5.0 * torch.randn(64, 3, 4, 4, dtype=torch.float64)
+    y, log_det = norm(x)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64),
+                               rtol=1e-5, atol=0)
+    assert bool(norm.initialized)
+    before = [p.clone() for p in norm.parameters()]
+    norm(3 * x)  # a second batch trains, never re-initialises
+    assert all(torch.equal(a, b) for a, b in zip(before, norm.parameters()))
+    fresh = ActNorm(3).eval()
+    assert torch.equal(fresh(x.float())[0], x.float()) and not bool(fresh.initialized)  # eval: no initialisation
+
+
+def test_multiscale_flow_with_actnorm_inverts_and_its_log_det_matches_autograd():
+    torch.manual_seed(0)
+    flow = MultiScaleFlow((1, 4, 4), scales=3, hidden=8, blocks=1, actnorm=True).double()
+    x = torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    flow(x)  # the data-dependent initialisation
+    randomise(flow, std=0.1)  # then other, non-trivial parameters everywhere (actnorm's included)
+    z, log_det = flow(x[:2])
+    assert (flow.inverse(z) - x[:2]).abs().max() < 1e-10
+    torch.testing.assert_close(log_det, jacobian_log_det(lambda v: flow(v)[0], x[:2]), rtol=1e-9, atol=1e-9)
+    norms = [m for m in flow.modules() if isinstance(m, ActNorm)]
+    assert len(norms) == 3 + 3 + 3 + 3 + 4  # one before each coupling
+
+
+def test_actnorm_survives_save_and_load(tmp_path):
+    # the known pitfall: an "initialised" flag that is not a saved buffer re-initialises a loaded model on its
+    # next training batch, and the loaded model is no longer the trained one
+    torch.manual_seed(0)
+    cfg = RealNVPConfig(scales=2, hidden=8, blocks=1, actnorm=True)
+    model = RealNVP(cfg, (1, 4, 4))
+    x = torch.randint(0, 256, (16, 1, 4, 4)).float()
+    model.loss(x).mean().backward()  # initialises every actnorm
+    storage.save_tensors(tmp_path / "w.safetensors", model.state_dict())
+    loaded = RealNVP(cfg, (1, 4, 4))
+    tensors, _ = storage.load_tensors(tmp_path / "w.safetensors")
+    storage.load_weights(loaded, tensors, "w")
+    assert sum(k.endswith("initialized") for k in tensors) == 3 + 3 + 4
+    loaded.train()
+    loaded.loss(2 * x.clamp(max=127)).mean()  # a training batch of other data: must not re-initialise
+    g = torch.Generator().manual_seed(1)
+    a = model.log_prob(x, generator=g)
+    b = loaded.log_prob(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
 
 
 def test_logit_transform_log_det_matches_autograd_and_inverts():

@@ -62,6 +62,44 @@ def checkerboard(height: int, width: int, parity: int, device=None) -> torch.Ten
     return ((i + j) % 2 == parity).float()[None, None]
 
 
+class ActNorm(nn.Module):
+    """Activation normalisation (Kingma & Dhariwal 2018, section 3.1): y = (x + b) * exp(log_s) per channel, with
+    log |det J| = H * W * sum(log_s). b and log_s are set from the first training batch so that its activations
+    have zero mean and unit variance per channel (data-dependent initialisation), then trained as parameters.
+
+    Whether that initialisation has happened is the buffer ``initialized``, saved with the weights: a model loaded
+    from a run keeps its trained b and log_s instead of re-initialising them on its next batch. Under
+    torch.distributed the first batch's statistics are averaged over the ranks, so every rank starts the same."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        moments = torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))]).to(self.bias.dtype)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(moments)
+            moments /= torch.distributed.get_world_size()
+        mean, square = moments
+        std = (square - mean * mean).clamp_min(0).sqrt()
+        self.bias.copy_(-mean.reshape(self.bias.shape))
+        self.log_scale.copy_(-torch.log(std + 1e-6).reshape(self.log_scale.shape))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and not self.initialized:
+            self.initialize(x)
+        y = (x + self.bias.to(x.dtype)) * torch.exp(self.log_scale.to(x.dtype))
+        log_det = x.shape[2] * x.shape[3] * self.log_scale.to(x.dtype).sum()
+        return y, log_det.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.exp(-self.log_scale.to(y.dtype)) - self.bias.to(y.dtype)
+
+
 class AffineCoupling(nn.Module):
     """One affine coupling on [N x C x H x W]: ``forward(x) -> (y, log_det [N])``, ``inverse(y) -> x``."""
 
@@ -109,7 +147,8 @@ class AffineCoupling(nn.Module):
 class MultiScaleFlow(nn.Module):
     """The multi-scale bijection of RealNVP on [N x C x H x W]: ``forward(x) -> (z [N x D], log_det [N])``."""
 
-    def __init__(self, image_shape: tuple[int, int, int], scales: int, hidden: int, blocks: int):
+    def __init__(self, image_shape: tuple[int, int, int], scales: int, hidden: int, blocks: int,
+                 actnorm: bool = False):
         super().__init__()
         c, h, w = image_shape
         if scales < 1:
@@ -124,43 +163,63 @@ class MultiScaleFlow(nn.Module):
                 "checker": nn.ModuleList(AffineCoupling(c, "checkerboard", p % 2, hidden, blocks) for p in range(3)),
                 "channel": nn.ModuleList(AffineCoupling(4 * c, "channel", p % 2, hidden, blocks) for p in range(3)),
             })
+            if actnorm:  # one before each coupling (Glow's step of flow, without the 1x1 convolution)
+                level["checker_norm"] = nn.ModuleList(ActNorm(c) for _ in range(3))
+                level["channel_norm"] = nn.ModuleList(ActNorm(4 * c) for _ in range(3))
             self.levels.append(level)
             c, h, w = 2 * c, h // 2, w // 2  # after the squeeze (4c) half the channels are factored out
             self.out_shapes.append((c, h, w))
         self.final = nn.ModuleList(AffineCoupling(c, "checkerboard", p % 2, hidden, blocks) for p in range(4))
+        self.final_norm = nn.ModuleList(ActNorm(c) for _ in range(4)) if actnorm else None
         self.out_shapes.append((c, h, w))
+
+    @staticmethod
+    def _steps(couplings: nn.ModuleList, norms: nn.ModuleList | None) -> list[tuple]:
+        """(actnorm or None, coupling) in the order of the forward pass."""
+        return list(zip(norms if norms is not None else [None] * len(couplings), couplings))
+
+    def _level_steps(self, level: nn.ModuleDict, part: str) -> list[tuple]:
+        return self._steps(level[part], level[f"{part}_norm"] if f"{part}_norm" in level else None)
+
+    @staticmethod
+    def _forward_steps(steps, x, log_det):
+        for norm, coupling in steps:
+            if norm is not None:
+                x, ld = norm(x)
+                log_det = log_det + ld
+            x, ld = coupling(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    @staticmethod
+    def _inverse_steps(steps, x):
+        for norm, coupling in reversed(steps):
+            x = coupling.inverse(x)
+            if norm is not None:
+                x = norm.inverse(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_det = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         zs = []
         for level in self.levels:
-            for coupling in level["checker"]:
-                x, ld = coupling(x)
-                log_det = log_det + ld
+            x, log_det = self._forward_steps(self._level_steps(level, "checker"), x, log_det)
             x = squeeze(x)
-            for coupling in level["channel"]:
-                x, ld = coupling(x)
-                log_det = log_det + ld
+            x, log_det = self._forward_steps(self._level_steps(level, "channel"), x, log_det)
             z, x = x.chunk(2, dim=1)  # factor out half the dimensions (Dinh et al. 2017, section 3.6)
             zs.append(z.flatten(1))
-        for coupling in self.final:
-            x, ld = coupling(x)
-            log_det = log_det + ld
+        x, log_det = self._forward_steps(self._steps(self.final, self.final_norm), x, log_det)
         zs.append(x.flatten(1))
         return torch.cat(zs, dim=1), log_det
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         parts = list(z.split([math.prod(s) for s in self.out_shapes], dim=1))
-        x = parts.pop().reshape(-1, *self.out_shapes[-1])
-        for coupling in reversed(self.final):
-            x = coupling.inverse(x)
+        x = self._inverse_steps(self._steps(self.final, self.final_norm), parts.pop().reshape(-1, *self.out_shapes[-1]))
         for level, shape in zip(reversed(self.levels), reversed(self.out_shapes[:-1])):
             x = torch.cat([parts.pop().reshape(-1, *shape), x], dim=1)
-            for coupling in reversed(level["channel"]):
-                x = coupling.inverse(x)
+            x = self._inverse_steps(self._level_steps(level, "channel"), x)
             x = unsqueeze(x)
-            for coupling in reversed(level["checker"]):
-                x = coupling.inverse(x)
+            x = self._inverse_steps(self._level_steps(level, "checker"), x)
         return x
 
 
@@ -188,6 +247,8 @@ class RealNVPConfig:
     blocks: int = option(2, "residual blocks per coupling network", min=1)
     alpha: float = option(0.05, "the logit transform's alpha: logit(alpha + (1 - 2 alpha) x)", min=0.0, lt=0.5)
     prior: str = option("gaussian", "base distribution of z", choices=("gaussian", "logistic"))
+    actnorm: bool = option(False, "activation normalisation with data-dependent initialisation before each coupling "
+                                  "(Kingma & Dhariwal 2018)")
 
 
 class RealNVP(GenerativeModel):
@@ -205,7 +266,7 @@ class RealNVP(GenerativeModel):
 
     def __init__(self, cfg: RealNVPConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
-        self.flow = MultiScaleFlow(image_shape, cfg.scales, cfg.hidden, cfg.blocks)
+        self.flow = MultiScaleFlow(image_shape, cfg.scales, cfg.hidden, cfg.blocks, cfg.actnorm)
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         if self.cfg.prior == "gaussian":
