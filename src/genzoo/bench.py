@@ -66,7 +66,7 @@ def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], 
             log(f"{run_dir.name}: reusing {path}")
             return saved
     run = runs.load_run(run_dir, device=device)
-    data = load_dataset(run.config.train.dataset)
+    data = runs.run_data(run.config)
     log(f"{run_dir.name}: FID and KID of {n} samples")
     result = sample_quality(run.model, data, n, device, progress=progress)
     storage.write_json(path, result)

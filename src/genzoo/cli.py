@@ -20,7 +20,7 @@ import torch
 from genzoo import runs, storage, zoo
 from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
-from genzoo.data.datasets import DATASETS, load_dataset, locate, search_dirs
+from genzoo.data.datasets import DATASETS, is_folder_name, locate, search_dirs
 from genzoo.devices import DEVICES, pick_device
 from genzoo.features import FEATURE_DATASETS
 from genzoo.errors import ConfigError, GenzooError
@@ -167,7 +167,7 @@ def positive(name: str, value: int) -> None:
 
 # --- train -----------------------------------------------------------------------------------------
 def default_out(family: str, dataset: str) -> Path:
-    base = Path("runs") / f"{family}-{dataset}"
+    base = Path("runs") / f"{family}-{Path(dataset).name if is_folder_name(dataset) else dataset}"
     candidate, k = base, 1
     while candidate.exists():
         k += 1
@@ -291,7 +291,7 @@ def cmd_eval(args) -> int:
     if args.fid:
         positive("--batch-size", args.batch_size)
         n = args.n or FID_SAMPLES
-        data = load_dataset(run.config.train.dataset)
+        data = runs.run_data(run.config)
         options = sampler_options(args, run.model, device, n)
         reference = None if args.reference == "auto" else args.reference
         result = sample_quality(run.model, data, n, device, reference, args.batch_size,
@@ -307,7 +307,7 @@ def cmd_eval(args) -> int:
     if given:
         raise ConfigError(f"{given[0]} applies to sample quality only; add --fid.")
     cfg = from_args(EvalConfig, args, base=EvalConfig(**type(run.model).eval_defaults))
-    data = load_dataset(run.config.train.dataset)
+    data = runs.run_data(run.config)
     result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty())
     result["eval_config"] = dataclasses.asdict(cfg)
     out = output_path(args.run, runs.eval_file(cfg.split))
@@ -388,7 +388,8 @@ def cmd_list(args) -> int:
     print("families:")
     for name, family in FAMILIES.items():
         views = family.views_offered or f"'{family.view}'"
-        print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view {views}")
+        colour = "grey and colour images" if 3 in family.channels_supported else "grey images"
+        print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view {views}; {colour}")
         if family.capabilities():
             print(f"  {'':<14} sample: {' '.join(family.capabilities())}")
         for preset, recipe in family.presets.items():
@@ -399,6 +400,8 @@ def cmd_list(args) -> int:
         where = found[1] if found else ("not found (looked in " + ", ".join(map(str, search_dirs(name)))
                                          + "); downloaded on first use")
         print(f"  {name:<14} {spec.title}: {where}")
+    print(f"  {'PATH':<14} a folder of PNG/JPEG/WebP images, one subfolder per class (or none): --dataset PATH "
+          f"[--image-channels 1|3] [--image-size N]")
     return 0
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-from genzoo.data.datasets import DATASETS
+from genzoo.data.datasets import DATASETS, is_folder_name
 from genzoo.data.toy import TOY_DATASETS
 from genzoo.devices import DEVICES, PRECISIONS
 from genzoo.errors import ConfigError
@@ -20,13 +20,14 @@ from genzoo.errors import ConfigError
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
            gt: float | None = None, lt: float | None = None, choices: tuple | None = None,
-           check: Any = None) -> Any:
+           check: Any = None, flag: bool = True) -> Any:
     """A dataclass field with the metadata the CLI and the validator read.
 
     ``check(value)`` may return a phrase saying what is wrong ("must be ..."), or None when the value is fine.
+    ``flag=False``: a value genzoo records itself (validated when read back), with no command-line flag.
     """
     return field(default=default, metadata=dict(help=help, min=min, max=max, gt=gt, lt=lt, choices=choices,
-                                                 check=check))
+                                                 check=check, flag=flag))
 
 
 def parse_bool(text: str) -> bool:
@@ -38,12 +39,24 @@ def parse_bool(text: str) -> bool:
     return value[text.lower()]
 
 
+def _check_dataset(value: str) -> str | None:
+    if value in DATASETS or value in TOY_DATASETS or is_folder_name(value):
+        return None
+    return f"must be one of {', '.join((*DATASETS, *TOY_DATASETS))}, or a folder of images"
+
+
 @dataclass
 class TrainConfig:
     """Settings of the one trainer, shared by every family."""
 
-    dataset: str = option("mnist", "data set to train on (toy-ring: 2-D points, for gan and ebm)",
-                          choices=(*DATASETS, *TOY_DATASETS))
+    dataset: str = option("mnist", "data set to train on: mnist, fashion-mnist, a folder of images (PATH: one "
+                                   "subfolder per class, or none), or toy-ring (2-D points, for gan and ebm)",
+                          check=_check_dataset)
+    image_channels: int = option(0, "folder data: 1 (grey) or 3 (RGB); 0 = what the images are", choices=(0, 1, 3))
+    image_size: int = option(0, "folder data: side of the square the images are scaled and cropped to (0 = 32 for "
+                                "colour, 28 for grey)", min=0, max=512)
+    data_digest: str = option("", "folder data: SHA-256 of the folder's file list when the run was made",
+                              flag=False)
     epochs: int = option(10, "number of passes over the training split", min=1)
     batch_size: int = option(128, "examples per optimizer step", min=1)
     lr: float = option(1e-3, "Adam learning rate", gt=0.0)
@@ -149,6 +162,8 @@ def add_dataclass_arguments(parser, cls: type, prefix: str = "", defaults: Any |
     """
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag", True):
+            continue
         kind = hints[f.name]
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = getattr(defaults, f.name) if defaults is not None else f.default

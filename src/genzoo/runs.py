@@ -26,7 +26,7 @@ import torch
 
 from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict, validate
-from genzoo.data.datasets import data_shape
+from genzoo.data.datasets import data_shape, folder_settings, is_folder_name, load_dataset
 from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError, RunError
 from genzoo import zoo
@@ -73,6 +73,9 @@ def new_config(family: str, model: dict | None = None, train: dict | None = None
         have = ", ".join(fam.presets) or "none"
         raise ConfigError(f"the {family} family has no preset '{preset}'; its presets: {have}.")
     chosen = fam.presets[preset] if preset is not None else None
+    dataset = train.get("dataset", fam.train_defaults.get("dataset", TrainConfig().dataset))
+    if is_folder_name(dataset):  # the images' shape and the folder's identity are fixed when the run is made
+        train.update(folder_settings(dataset, train.get("image_channels", 0), train.get("image_size", 0)))
     return RunConfig(
         family=family,
         model=validate(fam.Config(**{**toy.get("model", {}), **(chosen.model if chosen else {}), **(model or {})}),
@@ -125,7 +128,21 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, ...]):
     if len(image_shape) == 1 and not family.takes_points:
         raise ConfigError(f"the {cfg.family} family models images; {cfg.train.dataset} is a set of 2-D points "
                           f"(the gan and ebm families train on it).")
+    if len(image_shape) == 3 and image_shape[0] not in family.channels_supported:
+        raise ConfigError(f"the {cfg.family} family trains on grey images only so far; {cfg.train.dataset} has "
+                          f"{image_shape[0]} channels (ddpm and flow take colour; or give --image-channels 1).")
     return family(cfg.model, image_shape)
+
+
+def shape_of(cfg: RunConfig) -> tuple[int, ...]:
+    """The shape of one example of the run's data, from its config alone."""
+    return data_shape(cfg.train.dataset, cfg.train.image_channels, cfg.train.image_size)
+
+
+def run_data(cfg: RunConfig):
+    """The run's data set: for a folder, read as the run recorded it and refused if the folder has changed."""
+    return load_dataset(cfg.train.dataset, channels=cfg.train.image_channels, image_size=cfg.train.image_size,
+                        digest=cfg.train.data_digest)
 
 
 @dataclass
@@ -142,7 +159,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     named "zoo:NAME" (its files verified first). Nothing is unpickled."""
     path = zoo.resolve(path)
     cfg = read_config(path)
-    model = build_model(cfg, data_shape(cfg.train.dataset))
+    model = build_model(cfg, shape_of(cfg))
     weights_path = path / MODEL
     if not weights_path.is_file():
         pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from genzoo import distributed, runs, storage
 from genzoo.devices import channels_last_for, pick_device, resolve_precision, set_channels_last
-from genzoo.data.datasets import ImageDataset, load_dataset
+from genzoo.data.datasets import ImageDataset
 from genzoo.data.views import batch_indices, get_view
 from genzoo.errors import ConfigError, GenzooError, ModelDiverged, RunError, TrainingDiverged
 from genzoo.evaluate import eval_header, evaluate, eval_tensor, isolated_rng, validation_metrics
@@ -360,7 +360,7 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
     out = Path(out)
     ctx = distributed.init(pick_device(cfg.train.device))  # under torchrun, all ranks meet before any writes
     try:
-        data = load_dataset(cfg.train.dataset)
+        data = runs.run_data(cfg)
         if cfg.train.subset:
             data = data.subset(cfg.train.subset)
         torch.manual_seed(cfg.train.seed)

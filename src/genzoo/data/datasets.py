@@ -15,6 +15,7 @@ import functools
 import gzip
 import hashlib
 import os
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,10 +217,15 @@ def not_found_message(spec: DatasetSpec) -> str:
             + ", or set GENZOO_DATA.")
 
 
-def load_dataset(name: str, download_missing: bool = True) -> ImageDataset:
+def load_dataset(name: str, download_missing: bool = True, channels: int = 0, image_size: int = 0,
+                 digest: str = "") -> ImageDataset:
     """Load, verify and split a data set (cached per process). Toy sets of 2-D points (``genzoo.data.toy``)
-    come in the same container, their "images" being float points [N x 2]."""
+    come in the same container, their "images" being float points [N x 2]. A folder of images
+    (``genzoo.data.folder``) is read with the given ``channels`` and ``image_size`` (0: from the images) and, when
+    ``digest`` is given, refused if its file list has changed."""
     from genzoo.data.toy import TOY_DATASETS, make_splits
+    if is_folder_name(name):
+        return _load_folder(name, channels, image_size, digest)
     if name in TOY_DATASETS:
         spec = TOY_DATASETS[name]
         splits = {k: Split(*v) for k, v in make_splits(spec).items()}
@@ -228,10 +234,52 @@ def load_dataset(name: str, download_missing: bool = True) -> ImageDataset:
     return _load(name, download_missing)
 
 
-def data_shape(name: str) -> tuple[int, ...]:
-    """The shape of one example of a data set, without loading it: (C, H, W) for images, (2,) for points."""
+def data_shape(name: str, channels: int = 0, image_size: int = 0) -> tuple[int, ...]:
+    """The shape of one example of a data set, without loading it: (C, H, W) for images, (2,) for points. A folder
+    needs its resolved ``channels`` and ``image_size`` (a run's config records them)."""
     from genzoo.data.toy import TOY_DATASETS
-    return (2,) if name in TOY_DATASETS else get_spec(name).image_shape
+    if name in TOY_DATASETS:
+        return (2,)
+    if is_folder_name(name):
+        if not (channels and image_size):
+            raise ConfigError(f"the shape of the images of folder {name} is not known yet (channels and image size).")
+        return (channels, image_size, image_size)
+    return get_spec(name).image_shape
+
+
+def is_folder_name(name: str) -> bool:
+    """True when ``name`` means a folder of images rather than a data set genzoo knows by name."""
+    from genzoo.data.toy import TOY_DATASETS
+    if name in DATASETS or name in TOY_DATASETS:
+        return False
+    return "/" in name or os.sep in name or Path(name).is_dir()
+
+
+def folder_settings(name: str, channels: int = 0, image_size: int = 0) -> dict:
+    """The settings a new run on a folder records: channels and size resolved (from the images' headers when 0),
+    and the digest of the file list."""
+    from genzoo.data.folder import image_channels, list_folder
+    listing = list_folder(name)
+    channels = channels or image_channels(listing)
+    return {"image_channels": channels, "image_size": image_size or (32 if channels == 3 else 28),
+            "data_digest": listing.digest}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_folder(name: str, channels: int, image_size: int, digest: str) -> ImageDataset:
+    from genzoo.data.folder import list_folder, read_images, split_indices
+    listing = list_folder(name)
+    if digest and listing.digest != digest:
+        raise DataError(f"the folder {name} has changed since the run was made (its file list no longer matches the "
+                        f"digest in config.json); restore it, or train a new run on it.")
+    settings = folder_settings(name, channels, image_size) if not (channels and image_size) else \
+        {"image_channels": channels, "image_size": image_size}
+    images, labels = read_images(listing, settings["image_channels"], settings["image_size"], cache_dir(),
+                                 progress=sys.stderr.isatty())
+    parts = {k: Split(images[idx], labels[idx]) for k, idx in split_indices(len(images)).items()}
+    return ImageDataset(name=name, source=f"image folder, {len(images)} images, "
+                                          f"{len(listing.classes) or 'no'} classes", train=parts["train"],
+                        val=parts["val"], test=parts["test"], classes=listing.classes)
 
 
 @functools.lru_cache(maxsize=4)

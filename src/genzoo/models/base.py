@@ -68,6 +68,7 @@ class GenerativeModel(nn.Module):
     takes_points: ClassVar[bool] = False  # True for the families that also train on 2-D toy data (view "points")
     points_defaults: ClassVar[dict] = {}  # {"model": {...}, "train": {...}}: the defaults on 2-D toy data
     presets: ClassVar[dict[str, Preset]] = {}  # named recipes, for --preset
+    channels_supported: ClassVar[tuple[int, ...]] = (1,)  # the image channel counts the family's networks take
     # What the family can do besides sample(n), declared rather than probed (`genzoo list` shows it):
     sample_options: ClassVar[tuple[Option, ...]] = ()  # the keyword options of sample(), checked in one place
     can_complete: ClassVar[bool] = False  # complete(x, n): fill in the bottom of an image (autoregressive)

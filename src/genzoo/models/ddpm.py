@@ -365,6 +365,7 @@ class DDPM(GenerativeModel):
     Config = DDPMConfig
     sample_options = (sampler_choice(DIFFUSION_SAMPLERS, "ddim"), STEPS, ETA, SPACING, CLIP, LABEL, GUIDANCE)
     class_conditional = True
+    channels_supported = (1, 3)
     can_invert = True
     ode_likelihood = True
     # EMA weights sample far better than the raw ones (Ho et al. use 0.9999 over 800k steps; CPU runs are short).

@@ -89,6 +89,7 @@ class Flow(GenerativeModel):
     Config = FlowConfig
     sample_options = (sampler_choice(FLOW_SAMPLERS, "heun"), STEPS, LABEL, GUIDANCE)
     class_conditional = True
+    channels_supported = (1, 3)
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 200, "grad_clip": 1.0,
                       "ema_decay": 0.999, "ema_warmup": True}
     # the ODE likelihood costs 4 x ode_steps network evaluations (and backward passes) per image

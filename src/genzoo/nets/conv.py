@@ -3,10 +3,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genzoo.errors import ConfigError
+
 
 def _check_size(height: int, width: int) -> None:
     if height % 4 or width % 4:
-        raise ValueError(f"the conv nets need height and width divisible by 4 (28 and 32 work); got {height}x{width}")
+        raise ConfigError(f"the conv nets need height and width divisible by 4 (28 and 32 work); got {height}x{width} "
+                          f"(choose another --image-size)")
 
 
 class ConvEncoder(nn.Module):

@@ -13,10 +13,13 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
+from genzoo.errors import ConfigError
+
 
 def _check_size(height: int, width: int) -> None:
     if height % 4 or width % 4:
-        raise ValueError(f"the DCGAN nets need height and width divisible by 4 (28 and 32 work); got {height}x{width}")
+        raise ConfigError(f"the DCGAN nets need height and width divisible by 4 (28 and 32 work); got {height}x{width} "
+                          f"(choose another --image-size)")
 
 
 class DCGANGenerator(nn.Module):
