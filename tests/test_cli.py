@@ -100,7 +100,7 @@ def test_a_preset_sets_its_values_over_the_defaults_and_given_flags_win():
 
 @pytest.mark.parametrize("args, fragment", [
     (["train", "vqvae"], "invalid choice: 'vqvae'"),
-    (["train", "vae", "--dataset", "cifar"], "--dataset must be one of mnist, fashion-mnist, toy-ring, or a folder"),
+    (["train", "vae", "--dataset", "cifar"], "--dataset must be one of mnist, fashion-mnist, cifar10, toy-ring, or a folder"),
     (["train", "vae", "--dataset", "no/such/folder"], "no/such/folder is not a folder of images"),
     (["train", "vae", "--epochs", "0"], "--epochs must be at least 1"),
     (["train", "vae", "--batch-size", "-3"], "--batch-size must be at least 1"),

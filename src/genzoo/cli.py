@@ -20,7 +20,8 @@ import torch
 from genzoo import runs, storage, zoo
 from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
-from genzoo.data.datasets import DATASETS, is_folder_name, locate, search_dirs
+from genzoo.data.cifar import ARCHIVE_DATASETS
+from genzoo.data.datasets import DATASETS, is_folder_name, locate, locate_archive, search_dirs
 from genzoo.devices import DEVICES, pick_device
 from genzoo.features import FEATURE_DATASETS
 from genzoo.errors import ConfigError, GenzooError
@@ -400,6 +401,10 @@ def cmd_list(args) -> int:
         where = found[1] if found else ("not found (looked in " + ", ".join(map(str, search_dirs(name)))
                                          + "); downloaded on first use")
         print(f"  {name:<14} {spec.title}: {where}")
+    for name, spec in ARCHIVE_DATASETS.items():
+        found = locate_archive(spec)
+        print(f"  {name:<14} {spec.title}: " + (str(found.parent) if found else "not found (looked in " + ", ".join(
+            map(str, search_dirs(name))) + "); downloaded on first use"))
     print(f"  {'PATH':<14} a folder of PNG/JPEG/WebP images, one subfolder per class (or none): --dataset PATH "
           f"[--image-channels 1|3] [--image-size N]")
     return 0

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from genzoo.data.cifar import ARCHIVE_DATASETS
 from genzoo.data.datasets import DATASETS, is_folder_name
 from genzoo.data.toy import TOY_DATASETS
 from genzoo.devices import DEVICES, PRECISIONS
@@ -40,16 +41,16 @@ def parse_bool(text: str) -> bool:
 
 
 def _check_dataset(value: str) -> str | None:
-    if value in DATASETS or value in TOY_DATASETS or is_folder_name(value):
+    if value in DATASETS or value in ARCHIVE_DATASETS or value in TOY_DATASETS or is_folder_name(value):
         return None
-    return f"must be one of {', '.join((*DATASETS, *TOY_DATASETS))}, or a folder of images"
+    return f"must be one of {', '.join((*DATASETS, *ARCHIVE_DATASETS, *TOY_DATASETS))}, or a folder of images"
 
 
 @dataclass
 class TrainConfig:
     """Settings of the one trainer, shared by every family."""
 
-    dataset: str = option("mnist", "data set to train on: mnist, fashion-mnist, a folder of images (PATH: one "
+    dataset: str = option("mnist", "data set to train on: mnist, fashion-mnist, cifar10, a folder of images (PATH: one "
                                    "subfolder per class, or none), or toy-ring (2-D points, for gan and ebm)",
                           check=_check_dataset)
     image_channels: int = option(0, "folder data: 1 (grey) or 3 (RGB); 0 = what the images are", choices=(0, 1, 3))

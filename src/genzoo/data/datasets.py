@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genzoo.data.cifar import ARCHIVE_DATASETS, ArchiveSpec, download_archive, read_archive
 from genzoo.data.fetch import fetch_verified
 from genzoo.data.idx import read_idx
 from genzoo.errors import ConfigError, DataError
@@ -226,6 +227,8 @@ def load_dataset(name: str, download_missing: bool = True, channels: int = 0, im
     from genzoo.data.toy import TOY_DATASETS, make_splits
     if is_folder_name(name):
         return _load_folder(name, channels, image_size, digest)
+    if name in ARCHIVE_DATASETS:
+        return _load_archive(name, download_missing)
     if name in TOY_DATASETS:
         spec = TOY_DATASETS[name]
         splits = {k: Split(*v) for k, v in make_splits(spec).items()}
@@ -240,6 +243,8 @@ def data_shape(name: str, channels: int = 0, image_size: int = 0) -> tuple[int, 
     from genzoo.data.toy import TOY_DATASETS
     if name in TOY_DATASETS:
         return (2,)
+    if name in ARCHIVE_DATASETS:
+        return ARCHIVE_DATASETS[name].image_shape
     if is_folder_name(name):
         if not (channels and image_size):
             raise ConfigError(f"the shape of the images of folder {name} is not known yet (channels and image size).")
@@ -250,7 +255,7 @@ def data_shape(name: str, channels: int = 0, image_size: int = 0) -> tuple[int, 
 def is_folder_name(name: str) -> bool:
     """True when ``name`` means a folder of images rather than a data set genzoo knows by name."""
     from genzoo.data.toy import TOY_DATASETS
-    if name in DATASETS or name in TOY_DATASETS:
+    if name in DATASETS or name in TOY_DATASETS or name in ARCHIVE_DATASETS:
         return False
     return "/" in name or os.sep in name or Path(name).is_dir()
 
@@ -263,6 +268,37 @@ def folder_settings(name: str, channels: int = 0, image_size: int = 0) -> dict:
     channels = channels or image_channels(listing)
     return {"image_channels": channels, "image_size": image_size or (32 if channels == 3 else 28),
             "data_digest": listing.digest}
+
+
+def locate_archive(spec: ArchiveSpec) -> Path | None:
+    for directory in search_dirs(spec.name):
+        if (directory / spec.archive).is_file():
+            return directory / spec.archive
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def _load_archive(name: str, download_missing: bool) -> ImageDataset:
+    spec = ARCHIVE_DATASETS[name]
+    path = locate_archive(spec)
+    where = str(path.parent) if path else ""
+    if path is None:
+        looked = ", ".join(str(d) for d in search_dirs(spec.name))
+        if not download_missing:
+            raise DataError(f"dataset '{name}' was not found (looked for {spec.archive} in {looked}).")
+        try:
+            path = download_archive(spec, cache_dir() / spec.name)
+        except DataError as e:
+            raise DataError(f"dataset '{name}' was not found (looked for {spec.archive} in {looked}) and could not "
+                            f"be downloaded ({e}); put the file in one of those folders, or set GENZOO_DATA.") from None
+        where = f"downloaded to {path.parent}"
+    parts = read_archive(path, spec)
+    (train_x, train_y), (test_x, test_y) = parts["train"], parts["test"]
+    # the last 5,000 training images (a tenth of a smaller archive, as the tests make)
+    n_train = len(train_x) - (spec.n_val if len(train_x) >= 10 * spec.n_val else max(1, len(train_x) // 10))
+    return ImageDataset(name=name, source=where, train=Split(train_x[:n_train], train_y[:n_train]),
+                        val=Split(train_x[n_train:], train_y[n_train:]), test=Split(test_x, test_y),
+                        classes=spec.classes)
 
 
 @functools.lru_cache(maxsize=4)

@@ -73,8 +73,8 @@ def list_folder(root: str | Path) -> Listing:
         labels = [0] * len(files)
     if not files:
         others = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
-        raise DataError(f"{root} has no images ({', '.join(IMAGE_SUFFIXES)})"
-                        + (f"; it holds {len(others)} other entries such as {others[0]}." if others else "; it is empty."))
+        held = f"; it holds {len(others)} other entries such as {others[0]}." if others else "; it is empty."
+        raise DataError(f"{root} has no images ({', '.join(IMAGE_SUFFIXES)}){held}")
     if len(files) < 3:
         raise DataError(f"{root} has {len(files)} image(s); a data set needs at least 3 (train, val and test).")
     h = hashlib.sha256()
