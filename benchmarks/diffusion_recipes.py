@@ -1,13 +1,15 @@
 """Benchmark: training recipes of the diffusion and flow families side by side at one fixed CPU budget.
 
-    python benchmarks/diffusion_recipes.py --minutes 10 --fid-n 1000 --threads 1
-    python benchmarks/diffusion_recipes.py --minutes 0.2 --fid-n 100 --tag smoke --variants flow ddpm-v
+    python benchmarks/diffusion_recipes.py --images 38400 --fid-n 1000 --threads 1
+    python benchmarks/diffusion_recipes.py --images 256 --fid-n 100 --tag smoke --variants flow ddpm-v
 
 Each variant is a family and a few settings changed from its defaults (RECIPES below, or NAME=FAMILY:key=value,...
-on the command line). Every variant trains the same minutes of CPU from the same seed, with a constant learning
-rate after the warm-up and the EMA with warm-up (a cosine schedule would end at a different step for each
-variant's speed), then draws --fid-n samples with its family's 20-evaluation solver (ddpm: DPM-Solver++(2M), 20
-steps; flow: Heun, 10 steps = 19 evaluations) and scores FID/KID in genzoo's feature space (float reference).
+on the command line). Every variant trains on the same number of training images (--images; steps = images /
+batch size) from the same seed: with one network for all, that is the same CPU work, and unlike a time limit it
+does not depend on what else the shared machine runs. A constant learning rate after the warm-up, and the EMA
+with warm-up. Then each draws --fid-n samples with its family's 20-evaluation solver (ddpm: DPM-Solver++(2M), 20
+steps; flow: Heun, 10 steps = 19 evaluations) and is scored by FID/KID in genzoo's feature space (float
+reference).
 
 Resumable: each variant's figures go to benchmarks/results/diffusion_recipes[-TAG].json as it finishes and a
 variant already there is skipped; the runs live in benchmarks/results/diffusion_recipes[-TAG]/.
@@ -63,12 +65,13 @@ def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
 
 def run_variant(name: str, family: str, changes: dict, args, data, log) -> dict:
     folder = HERE / "results" / f"diffusion_recipes{args.tag}" / name
-    train = {"time_limit": args.minutes, "epochs": 100, "lr_schedule": "constant", "final_eval": "skip",
+    train = {"epochs": 100, "lr_schedule": "constant", "final_eval": "skip",
              **{k: v for k, v in changes.items() if k in TRAIN_KEYS}}
     model = {k: v for k, v in changes.items() if k not in TRAIN_KEYS}
+    steps = args.images // train.get("batch_size", runs.new_config(family).train.batch_size)
     resume = (folder / runs.CHECKPOINT).is_file()
-    cfg = (runs.resumed_config(runs.read_config(folder), train={"time_limit": args.minutes}) if resume
-           else runs.new_config(family, model=model, train=train))
+    cfg = (runs.resumed_config(runs.read_config(folder), train={"time_limit": 0.0, "max_steps": steps}) if resume
+           else runs.new_config(family, model=model, train={**train, "max_steps": steps}))
     summary = train_run(cfg, folder, resume=resume, log=log)
     run = runs.load_run(folder)
     solver = SOLVER[family]
@@ -84,7 +87,7 @@ def run_variant(name: str, family: str, changes: dict, args, data, log) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(RECIPES))
-    p.add_argument("--minutes", type=float, default=10.0, help="training minutes of every variant")
+    p.add_argument("--images", type=int, default=38_400, help="training images of every variant (300 steps of 128)")
     p.add_argument("--fid-n", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--tag", default="")
@@ -94,7 +97,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     path = HERE / "results" / f"diffusion_recipes{args.tag}.json"
     result = storage.read_json(path) if path.is_file() else {}
-    result.update({"benchmark": "diffusion_recipes", "machine": machine(), "minutes": args.minutes,
+    result.update({"benchmark": "diffusion_recipes", "machine": machine(), "images": args.images,
                    "fid_n": args.fid_n, "command": "python benchmarks/diffusion_recipes.py " + " ".join(sys.argv[1:])})
     data = load_dataset("mnist")
     variants = result.setdefault("variants", {})

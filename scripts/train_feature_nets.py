@@ -16,9 +16,8 @@ import time
 
 import torch
 
-from genzoo import features, storage
+from genzoo import features
 from genzoo.data import load_dataset
-from genzoo.quality import gaussian_statistics
 
 TARGETS = {"mnist": 0.993, "fashion-mnist": 0.92}
 # MNIST digits move about their frame; Fashion-MNIST items are centred and left-right symmetric in kind
@@ -42,17 +41,11 @@ def main() -> int:
     if accuracy < TARGETS[args.dataset]:
         print(f"below the target {TARGETS[args.dataset]}; nothing written", file=sys.stderr)
         return 1
-    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
-    for view in features.REFERENCES:
-        f = features.features(net, features.reference_images(data, view))
-        mean, cov = gaussian_statistics(f)
-        tensors[f"ref.{view}.mean"], tensors[f"ref.{view}.cov"] = mean, cov
     meta = {"test_accuracy": f"{accuracy:.4f}", "epochs": str(args.epochs), "seed": str(args.seed),
-            "train_minutes": f"{minutes:.1f}", "n_reference": str(len(data.test.images)),
+            "train_minutes": f"{minutes:.1f}",
             "command": f"python scripts/train_feature_nets.py {args.dataset} --epochs {args.epochs} --seed {args.seed}"}
     path = features.weights_path(args.dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    storage.save_tensors(path, tensors, metadata=meta)
+    features.save_feature_net(net, data, path, meta)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
 

@@ -25,7 +25,6 @@ from vae_mnist import machine  # noqa: E402
 
 from genzoo import __version__, runs, storage, zoo  # noqa: E402
 from genzoo.config import EvalConfig  # noqa: E402
-from genzoo.data import load_dataset  # noqa: E402
 from genzoo.evaluate import evaluate, sample_quality  # noqa: E402
 
 
@@ -69,7 +68,7 @@ def main() -> int:
             "machine": machine(), "date": datetime.date.today().isoformat(), "figures": []}
     zoo.pack(args.run, args.name, card)  # the figures below are measured on the packed weights
     run = runs.load_run(f"zoo:{args.name}")
-    data = load_dataset(config.train.dataset)
+    data = runs.run_data(config)
     cpu = torch.device("cpu")
     defaults = type(run.model).eval_defaults
     ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,

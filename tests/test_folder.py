@@ -1,6 +1,8 @@
 """Image folders: listing, decoding, the fixed hold-out, the cache, every bad input in one sentence, and training
 on colour images from the command line."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,34 @@ def test_train_sample_and_eval_on_a_colour_folder_from_the_command_line(tmp_path
     datasets._load_folder.cache_clear()
     code, _, err = run_cli("eval", out, "--n", "2", "--ode-steps", "1")
     assert_one_clear_error(code, err, "has changed since the run was made")
+
+
+def test_fid_on_a_folder_needs_its_own_feature_network(tmp_path, cache, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = shapes_folder(tmp_path / "shapes", per_class=20)
+    out = tmp_path / "run"
+    net = ["--channels", "8", "--channel-mult", "1,2", "--attention", "false"]
+    code, _, err = run_cli("train", "flow", "--dataset", root, *net, "--max-steps", "1", "--batch-size", "8",
+                           "--out", out, "--final-eval", "skip")
+    assert code == 0, err
+    code, _, err = run_cli("eval", out, "--fid", "--n", "20", "--steps", "2")
+    assert_one_clear_error(code, err, "no feature network for data set", "genzoo features train")
+    code, printed, err = run_cli("features", "train", root, "--epochs", "3", "--max-shift", "0")
+    assert code == 0, err
+    from genzoo import features
+    meta = features.metadata(str(root))
+    assert meta["image_shape"] == "3,32,32" and meta["classes"] == "3" and meta["n_reference"] == "3"
+    code, printed, err = run_cli("eval", out, "--fid", "--n", "20", "--steps", "2")
+    assert code == 0, err
+    result = json.loads((out / "eval-fid.json").read_text())
+    assert result["n_samples"] == 20 and result["fid"] > 0
+    # the real images score far better than the untrained model's samples in the same space
+    from genzoo.evaluate import score_images
+    real = score_images(features.feature_data(str(root)).train.images[:20].float() / 255, str(root), "float", 20)
+    assert real["fid"] < result["fid"]
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(unlabelled / f"{i}.png")
+    code, _, err = run_cli("features", "train", unlabelled)
+    assert_one_clear_error(code, err, "has no class subfolders", "FID/KID are not available")

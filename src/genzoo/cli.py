@@ -109,6 +109,24 @@ def build_parser() -> Parser:
     r.add_argument("runs", type=run_argument, nargs="+", metavar="RUN", help="run folders or zoo:NAME")
     r.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
 
+    fe = sub.add_parser("features", help="train the feature network of FID and KID for another data set",
+                        description="FID and KID compare samples with test images in the feature space of a "
+                                    "classifier of the data's own domain. genzoo ships those of mnist and "
+                                    "fashion-mnist; `genzoo features train DATASET` trains one for any labelled data "
+                                    "(cifar10, a folder with class subfolders) and stores it, with the statistics of "
+                                    "the test split, where `genzoo eval --fid` finds it.")
+    fe.add_argument("action", choices=("train",))
+    fe.add_argument("dataset", help="cifar10, or a folder of images with one subfolder per class")
+    fe.add_argument("--epochs", type=int, default=10, help="passes over the training split (default 10)")
+    fe.add_argument("--image-channels", type=int, choices=(0, 1, 3), default=0,
+                    help="folder data: 1 or 3 (default 0: what the images are)")
+    fe.add_argument("--image-size", type=int, default=0, help="folder data: image side (default 0: 32 colour, 28 grey)")
+    fe.add_argument("--max-shift", type=int, default=2, help="augmentation: random shifts of up to N pixels "
+                                                             "(default 2)")
+    fe.add_argument("--flips", type=parse_bool, default=False, metavar="BOOL",
+                    help="augmentation: random left-right flips (default false)")
+    fe.add_argument("--seed", type=int, default=0)
+
     z = sub.add_parser("zoo", help="the trained models that ship with genzoo (use them as zoo:NAME)")
     z.add_argument("name", nargs="?", default=None, help="show this model's card")
 
@@ -365,6 +383,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    import time
+
+    from genzoo import features
+    from genzoo.data.datasets import folder_settings, load_dataset
+
+    positive("--epochs", args.epochs)
+    if args.dataset in features.FEATURE_DATASETS:
+        raise ConfigError(f"genzoo ships the feature network of {args.dataset}; scripts/train_feature_nets.py "
+                          f"retrains it for the package.")
+    shape = {}
+    if is_folder_name(args.dataset):
+        settings = folder_settings(args.dataset, args.image_channels, args.image_size)
+        shape = {"channels": settings["image_channels"], "image_size": settings["image_size"]}
+    data = load_dataset(args.dataset, **shape)
+    if len(data.classes) < 2:
+        raise ConfigError(f"{args.dataset} has no class subfolders, so no feature network can be trained on it, and "
+                          f"FID/KID are not available for it (a network of another domain would score in a foreign "
+                          f"space); put the images in one subfolder per class.")
+    start = time.time()
+    net, accuracy = features.train_classifier(data, args.epochs, args.seed, max_shift=args.max_shift,
+                                              flips=args.flips)
+    path = features.user_dir() / f"{features.feature_key(args.dataset)}.safetensors"
+    features.save_feature_net(net, data, path, {
+        "test_accuracy": f"{accuracy:.4f}", "epochs": str(args.epochs), "seed": str(args.seed),
+        "train_minutes": f"{(time.time() - start) / 60:.1f}", "dataset": args.dataset,
+        "command": "genzoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])})
+    print(f"feature network of {args.dataset}: test accuracy {accuracy:.4f} after {args.epochs} epochs; written to "
+          f"{path} (genzoo eval RUN --fid now scores runs on it)")
+    return 0
+
+
 def cmd_zoo(args) -> int:
     if args.name is not None:
         print(json.dumps(zoo.read_card(args.name), indent=2))
@@ -424,7 +474,7 @@ def cmd_theory(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report,
-            "zoo": cmd_zoo, "list": cmd_list, "theory": cmd_theory}
+            "features": cmd_features, "zoo": cmd_zoo, "list": cmd_list, "theory": cmd_theory}
 
 
 def main(argv: list[str] | None = None) -> int:

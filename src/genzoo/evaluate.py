@@ -214,11 +214,11 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
 
 
 def score_images(images: torch.Tensor, dataset: str, reference: str, batch_size: int) -> dict:
-    """FID and KID of images [N x 1 x H x W] in [0, 1] against the test split's ``reference`` view."""
+    """FID and KID of images [N x C x H x W] in [0, 1] against the test split's ``reference`` view."""
     from genzoo import features, quality
 
     mean, cov, n_ref = features.reference(dataset, reference)
-    f = features.features(features.feature_net(dataset), images, batch_size)
+    f = features.features(features.feature_net(dataset), images, batch_size, features.image_shape(dataset))
     return {"fid": quality.frechet_distance(*quality.gaussian_statistics(f), mean, cov), "n_samples": len(images),
             "reference": f"{dataset} test split, {reference} view, {n_ref} images", "reference_view": reference,
             "feature_net": f"genzoo SmallCNN penultimate layer ({features.FEATURE_DIM} features), test accuracy "

@@ -23,33 +23,57 @@ import torch
 import torch.nn.functional as F
 
 from genzoo import storage
-from genzoo.data.datasets import ImageDataset
+from genzoo.devices import bf16_supported
+from genzoo.quality import gaussian_statistics
+from genzoo.data.datasets import ImageDataset, cache_dir, is_folder_name
 from genzoo.data.views import get_view
 from genzoo.errors import ConfigError
 from genzoo.nets.classifier import SmallCNN
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-FEATURE_DATASETS = ("mnist", "fashion-mnist")
+FEATURE_DATASETS = ("mnist", "fashion-mnist")  # shipped with the package
 REFERENCES = ("float", "binary")
 DROPOUT = 0.3
 FEATURE_DIM = SmallCNN.feature_dim
 
 
+def user_dir() -> Path:
+    """Where `genzoo features train` puts the feature networks it trains for other data."""
+    return cache_dir() / "features"
+
+
+def feature_key(dataset: str) -> str:
+    """The name of a data set's feature network: its own name, or for a folder the digest of its file list (so a
+    changed folder is not scored against the statistics of the old one)."""
+    if is_folder_name(dataset):
+        from genzoo.data.folder import list_folder
+        return f"folder-{list_folder(dataset).digest[:24]}"
+    return dataset
+
+
 def weights_path(dataset: str) -> Path:
-    if dataset not in FEATURE_DATASETS:
-        raise ConfigError(f"no feature network for data set '{dataset}'; FID and KID are available for: "
+    if dataset in FEATURE_DATASETS:
+        return WEIGHTS_DIR / f"{dataset}.safetensors"
+    path = user_dir() / f"{feature_key(dataset)}.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"no feature network for data set '{dataset}' yet, so no FID or KID; train one with "
+                          f"`genzoo features train {dataset}` (it needs labelled images), or score on one of: "
                           f"{', '.join(FEATURE_DATASETS)}.")
-    return WEIGHTS_DIR / f"{dataset}.safetensors"
+    return path
 
 
 @functools.cache
-def _load(dataset: str) -> tuple[SmallCNN, dict[str, torch.Tensor], dict[str, str]]:
-    path = weights_path(dataset)
+def _load_path(path: Path) -> tuple[SmallCNN, dict[str, torch.Tensor], dict[str, str]]:
     tensors, meta = storage.load_tensors(path)
-    net = SmallCNN(dropout=DROPOUT)
+    net = SmallCNN(in_channels=int(meta.get("in_channels", 1)), classes=int(meta.get("classes", 10)),
+                   dropout=DROPOUT)
     storage.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
     net.eval().requires_grad_(False)
     return net, {k: v for k, v in tensors.items() if k.startswith("ref.")}, meta
+
+
+def _load(dataset: str) -> tuple[SmallCNN, dict[str, torch.Tensor], dict[str, str]]:
+    return _load_path(weights_path(dataset))
 
 
 def feature_net(dataset: str) -> SmallCNN:
@@ -62,6 +86,9 @@ def reference(dataset: str, view: str) -> tuple[torch.Tensor, torch.Tensor, int]
     if view not in REFERENCES:
         raise ConfigError(f"unknown reference '{view}'; choose one of: {', '.join(REFERENCES)}.")
     _, ref, meta = _load(dataset)
+    if f"ref.{view}.mean" not in ref:
+        raise ConfigError(f"the feature network of '{dataset}' has no {view} reference (colour images are compared "
+                          f"in the float view only).")
     return ref[f"ref.{view}.mean"], ref[f"ref.{view}.cov"], int(meta["n_reference"])
 
 
@@ -71,10 +98,13 @@ def metadata(dataset: str) -> dict[str, str]:
 
 
 @torch.no_grad()
-def features(net: SmallCNN, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Penultimate features [N x D] (float64) of images [N x 1 x H x W] in [0, 1], on the images' device."""
-    if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
-        raise ConfigError(f"the feature network scores 1 x 28 x 28 images; got shape {tuple(images.shape)[1:]}.")
+def features(net: SmallCNN, images: torch.Tensor, batch_size: int = 500,
+             shape: tuple[int, int, int] = (1, 28, 28)) -> torch.Tensor:
+    """Penultimate features [N x D] (float64) of images [N x C x H x W] in [0, 1], on the images' device; the
+    network scores images of ``shape`` only (the shape it was trained on)."""
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
+        raise ConfigError(f"the feature network scores {' x '.join(map(str, shape))} images; got shape "
+                          f"{tuple(images.shape)[1:]}.")
     net = net.to(images.device).eval()
     out = [net.features(images[i:i + batch_size].float()).double() for i in range(0, len(images), batch_size)]
     return torch.cat(out)
@@ -83,9 +113,21 @@ def features(net: SmallCNN, images: torch.Tensor, batch_size: int = 500) -> torc
 @functools.cache
 def reference_features(dataset: str, view: str) -> torch.Tensor:
     """Features [N x D] of the whole test split in the reference ``view`` (computed once per process)."""
+    return features(feature_net(dataset), reference_images(feature_data(dataset), view), shape=image_shape(dataset))
+
+
+def image_shape(dataset: str) -> tuple[int, int, int]:
+    """The image shape the data set's feature network takes (recorded in its weights file)."""
+    meta = _load(dataset)[2]
+    return tuple(int(v) for v in meta.get("image_shape", "1,28,28").split(","))  # type: ignore[return-value]
+
+
+def feature_data(dataset: str) -> ImageDataset:
+    """The data set as its feature network was trained on it (a folder: at the recorded channels and size)."""
     from genzoo.data import load_dataset
 
-    return features(feature_net(dataset), reference_images(load_dataset(dataset), view))
+    c, h, _ = image_shape(dataset)
+    return load_dataset(dataset, channels=c, image_size=h) if is_folder_name(dataset) else load_dataset(dataset)
 
 
 def reference_images(data: ImageDataset, view: str, split: str = "test", n: int | None = None) -> torch.Tensor:
@@ -111,11 +153,13 @@ def shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.
 def train_classifier(data: ImageDataset, epochs: int, seed: int = 0, batch_size: int = 128, lr: float = 2e-3,
                      max_shift: int = 2, flips: bool = False, log=print) -> tuple[SmallCNN, float]:
     """Train a SmallCNN on the training split with random shifts of up to ``max_shift`` pixels (and horizontal
-    flips if ``flips``), Adam with a one-cycle schedule, bf16 autocast on channels-last tensors (the features are
-    later computed in float32); returns the net in eval mode and its test accuracy."""
+    flips if ``flips``), Adam with a one-cycle schedule, bf16 autocast on channels-last tensors where bf16 is native
+    (the features are later computed in float32); returns the net in eval mode and its test accuracy."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    net = SmallCNN(dropout=DROPOUT).to(memory_format=torch.channels_last)
+    net = SmallCNN(in_channels=data.image_shape[0], classes=max(len(data.classes), int(data.train.labels.max()) + 1),
+                   dropout=DROPOUT).to(memory_format=torch.channels_last)
+    use_bf16 = bf16_supported(torch.device("cpu"))
     x, y = data.train.images, data.train.labels
     steps = epochs * math.ceil(len(x) / batch_size)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -128,7 +172,7 @@ def train_classifier(data: ImageDataset, epochs: int, seed: int = 0, batch_size:
             if flips:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = net(xb.contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(logits.float(), y[idx])
             opt.zero_grad(set_to_none=True)
@@ -146,3 +190,20 @@ def test_accuracy(net: SmallCNN, data: ImageDataset) -> float:
     net.eval()
     pred = torch.cat([net(b.float() / 255.0).argmax(1) for b in data.test.images.split(1000)])
     return (pred == data.test.labels).double().mean().item()
+
+
+def save_feature_net(net: SmallCNN, data: ImageDataset, path: Path, meta: dict[str, str]) -> None:
+    """Write the network and its reference statistics over the whole test split: the float view, and for grey
+    images the binary view too."""
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    views = REFERENCES if data.image_shape[0] == 1 else ("float",)
+    for view in views:
+        f = features(net, reference_images(data, view), shape=data.image_shape)
+        mean, cov = gaussian_statistics(f)
+        tensors[f"ref.{view}.mean"], tensors[f"ref.{view}.cov"] = mean, cov
+    meta = {**meta, "n_reference": str(len(data.test.images)), "in_channels": str(data.image_shape[0]),
+            "classes": str(net.head.out_features), "image_shape": ",".join(map(str, data.image_shape))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.save_tensors(path, tensors, metadata=meta)
+    _load_path.cache_clear()
+    reference_features.cache_clear()
