@@ -188,3 +188,18 @@ def test_fid_on_a_folder_needs_its_own_feature_network(tmp_path, cache, run_cli,
         Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(unlabelled / f"{i}.png")
     code, _, err = run_cli("features", "train", unlabelled)
     assert_one_clear_error(code, err, "has no class subfolders", "FID/KID are not available")
+
+
+@pytest.mark.parametrize("family", ["ddpm", "flow", "realnvp", "gan", "ebm"])
+def test_every_colour_family_trains_and_samples_on_rgb_32(family, tmp_path, cache, run_cli):
+    from test_cli import SMALL_NETS
+
+    from genzoo import runs
+    from genzoo.models import FAMILIES
+    assert {f for f, c in FAMILIES.items() if 3 in c.channels_supported} == {"ddpm", "flow", "realnvp", "gan", "ebm"}
+    root = shapes_folder(tmp_path / "shapes", per_class=4)
+    code, _, err = run_cli("train", family, "--dataset", root, *SMALL_NETS[family], "--max-steps", 2,
+                           "--batch-size", 8, "--out", tmp_path / "run", "--eval-n", 2, "--eval-ode-steps", 1)
+    assert code == 0, err
+    x = runs.load_run(tmp_path / "run").model.sample(2, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()

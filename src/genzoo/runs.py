@@ -30,7 +30,7 @@ from genzoo.data.datasets import data_shape, folder_settings, is_folder_name, lo
 from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError, RunError
 from genzoo import zoo
-from genzoo.models import get_family
+from genzoo.models import FAMILIES, get_family
 from genzoo.storage import PICKLE_SUFFIXES, atomic_write, load_tensors, load_weights, read_json, save_tensors
 
 CONFIG = "config.json"
@@ -129,8 +129,9 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, ...]):
         raise ConfigError(f"the {cfg.family} family models images; {cfg.train.dataset} is a set of 2-D points "
                           f"(the gan and ebm families train on it).")
     if len(image_shape) == 3 and image_shape[0] not in family.channels_supported:
+        colour = ", ".join(name for name, f in FAMILIES.items() if 3 in f.channels_supported)
         raise ConfigError(f"the {cfg.family} family trains on grey images only so far; {cfg.train.dataset} has "
-                          f"{image_shape[0]} channels (ddpm and flow take colour; or give --image-channels 1).")
+                          f"{image_shape[0]} channels ({colour} take colour; or give --image-channels 1).")
     return family(cfg.model, image_shape)
 
 

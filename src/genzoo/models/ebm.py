@@ -54,6 +54,7 @@ class EBMConfig:
 
 class EBM(ImagesOrPoints):
     family = "ebm"
+    channels_supported = (1, 3)
     kind = DensityKind.UNNORMALISED
     Config = EBMConfig
     sample_options = (LANGEVIN_STEPS,)

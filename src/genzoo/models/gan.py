@@ -78,6 +78,7 @@ class GANConfig:
 
 class GAN(ImagesOrPoints):
     family = "gan"
+    channels_supported = (1, 3)
     kind = DensityKind.IMPLICIT
     Config = GANConfig
     sample_options = (TEMPERATURE,)

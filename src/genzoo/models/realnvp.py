@@ -253,6 +253,7 @@ class RealNVPConfig:
 
 class RealNVP(GenerativeModel):
     family = "realnvp"
+    channels_supported = (1, 3)
     kind = DensityKind.EXACT
     view = "uint8"
     Config = RealNVPConfig
