@@ -74,16 +74,18 @@ def main() -> int:
     ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
                                                  "ode_steps": args.ode_steps}), cpu, log=print)
     card["figures"] += likelihood_figures(ev)
+    results = {runs.eval_file("test"): ev}
     sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
     if args.fid_n:
         q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
+        results[runs.FID_EVAL] = q
         for what in ("fid", "kid"):
             card["figures"].append({"name": what.upper(), "value": round(q[what], 4 if what == "kid" else 2),
                                     **({"stderr": round(q["kid_stderr"], 4)} if what == "kid" else {}),
                                     "unit": "", "n": q["n_samples"],
                                     "reference": f"{config.train.dataset} test, {q['reference_view']} view, "
                                                  f"genzoo features", "sampler": q["sampler"]})
-    zoo.pack(args.run, args.name, card)
+    zoo.pack(args.run, args.name, card, results=results)
     print(f"zoo:{args.name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})"
                                             for f in card["figures"]))
     return 0

@@ -2,6 +2,7 @@
 every model that ships loading and sampling."""
 
 import functools
+import json
 import http.server
 import threading
 
@@ -157,3 +158,21 @@ def test_every_shipped_model_loads_and_samples(name):
 def test_the_shipped_zoo_stays_small():
     total = sum(e["bytes"] for e in zoo.read_index().values())
     assert total <= 30e6, f"the zoo holds {total / 1e6:.1f} MB; the limit is 30 MB"
+
+
+def test_bench_reads_the_zoo_without_writing_into_it(root, finished_run, tmp_path, run_cli):
+    from genzoo.evaluate import sample_quality
+    from genzoo.runs import run_data
+
+    run = runs.load_run(finished_run)
+    shipped = sample_quality(run.model, run_data(run.config), 40)
+    zoo.pack(finished_run, "tiny-vae", CARD, results={"eval-fid.json": shipped})
+    before = {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()}
+    code, out, err = run_cli("bench", "--zoo", "--fid-n", 40, "--out", tmp_path / "lb")
+    assert code == 0, err
+    table = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    (only,) = table["rows"]
+    assert only["run"] == "zoo:tiny-vae" and only["fid"] == shipped["fid"]  # the shipped score, reused
+    assert {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()} == before
+    code, _, err = run_cli("bench", "--zoo", "--dataset", "fashion-mnist", "--out", tmp_path / "lb2")
+    assert_one_clear_error(code, err, "the zoo has no model of fashion-mnist")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from genzoo import runs, storage
+from genzoo import runs, storage, zoo
 from genzoo.data import load_dataset
 from genzoo.devices import pick_device
 from genzoo.errors import ConfigError
@@ -58,13 +58,19 @@ def train_stage(family: str, run_dir: Path, dataset: str, budget_minutes: float,
     return train_run(cfg, run_dir, log=log, progress_bar=progress)
 
 
-def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], None], progress: bool) -> dict:
-    path = run_dir / runs.FID_EVAL
-    if path.is_file():
-        saved = storage.read_json(path)
-        if saved.get("n_samples") == n and not saved.get("sampler"):
-            log(f"{run_dir.name}: reusing {path}")
-            return saved
+def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], None], progress: bool,
+              write_to: Path | None = None) -> dict:
+    """FID/KID of n samples of the run: reused from RUN/eval-fid.json (or ``write_to``) when it scored n samples
+    with the family's default sampler, otherwise computed and written to ``write_to`` (default RUN/eval-fid.json;
+    a zoo model's folder is never written)."""
+    write_to = write_to or run_dir / runs.FID_EVAL
+    for path in dict.fromkeys((run_dir / runs.FID_EVAL, write_to)):
+        if path.is_file():
+            saved = storage.read_json(path)
+            if saved.get("n_samples") == n and not saved.get("sampler"):
+                log(f"{run_dir.name}: reusing {path}")
+                return saved
+    path = write_to
     run = runs.load_run(run_dir, device=device)
     data = runs.run_data(run.config)
     log(f"{run_dir.name}: FID and KID of {n} samples")
@@ -84,7 +90,7 @@ def floor_stage(out: Path, dataset: str, n: int, reference: str) -> dict:
 
 
 def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes: float = 10.0,
-          fid_n: int = FID_SAMPLES, nll_n: int = 0, device: str = "auto", reuse: dict[str, Path] | None = None,
+          fid_n: int = FID_SAMPLES, nll_n: int = 0, device: str = "auto", reuse: dict[str, str | Path] | None = None,
           leaderboard: Path | None = None, command: str = "genzoo bench", log: Callable[[str], None] = print,
           progress: bool = False) -> dict:
     """Train or reuse, score, and tabulate ``families``; writes OUT/leaderboard.json and the markdown table."""
@@ -102,7 +108,8 @@ def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes
              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
              "budget_minutes": budget_minutes, "rows": []}
     for family in families:
-        run_dir = reuse.get(family, out / family)
+        name = reuse.get(family)
+        run_dir = zoo.resolve(name) if name is not None else out / family
         if family in reuse:
             if not (run_dir / runs.SUMMARY).is_file():
                 raise ConfigError(f"--run {family}={run_dir}: not a finished run folder (no {runs.SUMMARY}).")
@@ -112,8 +119,10 @@ def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes
                                   f"{summary.get('dataset')}, not {family} on {dataset}.")
         else:
             summary = train_stage(family, run_dir, dataset, budget_minutes, nll_n, device, log, progress)
-        fid = fid_stage(run_dir, fid_n, torch_device, log, progress)
-        table["rows"].append({**row(family, run_dir, summary, fid), "reused": family in reuse})
+        write_to = out / f"{str(name).removeprefix(zoo.PREFIX)}-{runs.FID_EVAL}" if zoo.is_zoo(name) else None
+        fid = fid_stage(run_dir, fid_n, torch_device, log, progress, write_to)
+        table["rows"].append({**row(family, run_dir, summary, fid), "reused": family in reuse,
+                              **({"run": name} if zoo.is_zoo(name) else {})})
         write_tables(table, out, leaderboard)
     references = sorted({r["fid_reference_view"] for r in table["rows"]})
     table["floor"] = [floor_stage(out, dataset, fid_n, ref) for ref in references]

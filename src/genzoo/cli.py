@@ -93,7 +93,7 @@ def build_parser() -> Parser:
                        description="Train each family with its preset within a budget (or resume or reuse its run), "
                                    "score its test NLL and its samples' FID and KID, and write one leaderboard. "
                                    "Interrupted, the same command picks up where it stopped.")
-    b.add_argument("--families", nargs="+", default=list(FAMILIES), metavar="FAMILY",
+    b.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
                    help=f"families to run, in table order (default: {' '.join(FAMILIES)})")
     b.add_argument("--dataset", default="mnist", choices=FEATURE_DATASETS)
     b.add_argument("--budget-minutes", type=float, default=10.0, help="training minutes per family (default 10)")
@@ -103,6 +103,8 @@ def build_parser() -> Parser:
     b.add_argument("--leaderboard", type=Path, default=None, help="markdown file (default OUT/LEADERBOARD.md)")
     b.add_argument("--run", action="append", default=[], metavar="FAMILY=RUN",
                    help="score this finished run folder for FAMILY instead of training one (repeatable)")
+    b.add_argument("--zoo", action="store_true",
+                   help="score the zoo's models of --dataset (their shipped scores reused) instead of training")
     b.add_argument("--device", default="auto", choices=DEVICES)
 
     r = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
@@ -361,9 +363,17 @@ def cmd_bench(args) -> int:
         family, sep, path = item.partition("=")
         if not sep or not path:
             raise ConfigError(f"--run takes FAMILY=RUN_FOLDER; got '{item}'.")
-        reuse[family] = Path(path)
+        reuse[family] = path if zoo.is_zoo(path) else Path(path)
+    if args.zoo:
+        for name in zoo.names():
+            card = zoo.read_card(name)
+            if card["dataset"] == args.dataset:
+                reuse.setdefault(card["family"], zoo.PREFIX + name)
+        if not reuse:
+            raise ConfigError(f"the zoo has no model of {args.dataset}.")
+    families = args.families if args.families is not None else ([] if args.zoo else list(FAMILIES))
     command = "genzoo " + " ".join(shlex.quote(a) for a in args.argv)
-    table = bench(args.out, args.families + [f for f in reuse if f not in args.families], args.dataset,
+    table = bench(args.out, families + [f for f in reuse if f not in families], args.dataset,
                   args.budget_minutes, args.fid_n, args.nll_n, args.device, reuse, args.leaderboard, command,
                   progress=sys.stderr.isatty())
     print(leaderboard_markdown(table))

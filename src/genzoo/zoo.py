@@ -109,9 +109,12 @@ def restore_precision(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return {k: v.to(own[k].dtype) if k in own and v.dtype == torch.float16 else v for k, v in tensors.items()}
 
 
-def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: str | None = None) -> dict:
+def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: str | None = None,
+         results: dict[str, dict] | None = None) -> dict:
     """Copy a finished run folder into the zoo as ``name``: weights in half precision, the run's JSON and pictures,
-    ``card`` as card.json; then (re)write the index entry with every file's SHA-256. Returns the entry."""
+    ``card`` as card.json, and ``results`` ({file name: JSON}, e.g. the scores of the packed weights, which replace
+    the run's files of the same name); then (re)write the index entry with every file's SHA-256. Returns the
+    entry."""
     root = root or ROOT
     run_dir = Path(run_dir)
     if not (run_dir / WEIGHTS).is_file() or not (run_dir / "summary.json").is_file():
@@ -127,7 +130,9 @@ def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: st
     for f in kept:
         shutil.copyfile(run_dir / f, folder / f)
     storage.write_json(folder / CARD, card)
-    files = {f: storage.sha256_file(folder / f) for f in sorted([WEIGHTS, CARD, *kept])}
+    for f, result in (results or {}).items():
+        storage.write_json(folder / f, result)
+    files = {f: storage.sha256_file(folder / f) for f in sorted({WEIGHTS, CARD, *kept, *(results or {})})}
     index_path = root / INDEX
     index = storage.read_json(index_path) if index_path.is_file() else {"format": 1, "models": {}}
     index["models"][name] = {"files": files, "bytes": sum((folder / f).stat().st_size for f in files),
