@@ -63,6 +63,26 @@ def test_elbo_below_iwae_below_log_likelihood(all_images):
     assert (log_px - elbo).mean() > 10 * (log_px - iwae[1000]).abs().mean()
 
 
+def test_training_on_the_iwae_bound_is_minus_the_iwae_estimate_and_tighter(all_images):
+    # the training loss with train_k = k is minus the IWAE bound with k samples: the same draws give the same
+    # number as log_likelihood_estimate, and in expectation it lies between the ELBO and log p(x)
+    model = tiny_vae()
+    model.cfg.train_k = 50
+    torch.manual_seed(5)
+    loss = model.loss(all_images)
+    torch.manual_seed(5)
+    estimate = model.log_likelihood_estimate(all_images, 50)
+    torch.testing.assert_close(-loss.float(), estimate, rtol=1e-6, atol=1e-6)
+    x = all_images.repeat(100, 1, 1, 1)
+    with torch.no_grad():
+        iwae = -model.loss(x).reshape(100, 16).mean(0)
+        elbo = model.elbo(x).reshape(100, 16).mean(0)
+        log_px = exact_log_px(model, all_images)
+    assert (iwae - elbo).mean() > 0.5 and torch.all(iwae <= log_px + 0.05)
+    loss.mean().backward()  # differentiable through the reparameterised draws
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_elbo_terms_use_the_closed_form_kl():
     torch.manual_seed(1)
     model = VAE(VAEConfig(latent_dim=3, hidden=8, depth=1), (1, 4, 4)).double()

@@ -29,6 +29,8 @@ class VAEConfig:
     hidden: int = option(512, "width of the hidden layers", min=1)
     depth: int = option(2, "hidden layers of the MLP encoder and of the MLP decoder", min=1)
     channels: int = option(32, "base channel count of the conv architecture", min=1)
+    train_k: int = option(1, "importance samples of the training objective: 1 = the ELBO (closed-form KL), k > 1 = "
+                             "the IWAE bound (Burda et al. 2016), tighter, k times the decoder's cost", min=1)
 
 
 class VAE(GenerativeModel):
@@ -78,7 +80,23 @@ class VAE(GenerativeModel):
         return self.elbo_terms(x)["elbo"]
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return -self.elbo(x)
+        if self.cfg.train_k == 1:
+            return -self.elbo(x)
+        mu, logvar = self.encode(x)
+        eps = torch.randn((self.cfg.train_k, *mu.shape), device=mu.device, dtype=mu.dtype)
+        return -theory.log_mean_exp(self.log_weights(x, mu, logvar, eps), dim=0)
+
+    def log_weights(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                    eps: torch.Tensor) -> torch.Tensor:
+        """log p(x, z) - log q(z | x) at z = mu + sigma * eps for each of eps's k draws: [k x N]."""
+        k, n = eps.shape[0], x.shape[0]
+        z = mu + torch.exp(0.5 * logvar) * eps  # (k, N, L)
+        log_q = theory.gaussian_log_prob(z, mu, logvar).sum(-1)
+        log_pz = theory.standard_normal_log_prob(z).sum(-1)
+        logits = self.decode(z.reshape(k * n, -1))  # (k*N, C, H, W)
+        x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
+        log_px_z = theory.sum_except_batch(theory.bernoulli_log_prob(x_rep, logits)).reshape(k, n)
+        return log_px_z + log_pz - log_q
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         t = self.elbo_terms(x)
@@ -93,19 +111,12 @@ class VAE(GenerativeModel):
         """
         n = x.shape[0]
         mu, logvar = self.encode(x)
-        std = torch.exp(0.5 * logvar)
         chunk = max(1, min(k, max_rows // max(n, 1)))
         log_w = []
         for start in range(0, k, chunk):
-            kc = min(chunk, k - start)
-            eps = torch.randn((kc, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + std * eps  # (kc, N, L)
-            log_q = theory.gaussian_log_prob(z, mu, logvar).sum(-1)
-            log_pz = theory.standard_normal_log_prob(z).sum(-1)
-            logits = self.decode(z.reshape(kc * n, -1))  # (kc*N, C, H, W)
-            x_rep = x.unsqueeze(0).expand(kc, *x.shape).reshape(kc * n, *x.shape[1:])
-            log_px_z = theory.sum_except_batch(theory.bernoulli_log_prob(x_rep, logits)).reshape(kc, n)
-            log_w.append((log_px_z + log_pz - log_q).double())
+            eps = torch.randn((min(chunk, k - start), *mu.shape), generator=generator, device=mu.device,
+                              dtype=mu.dtype)
+            log_w.append(self.log_weights(x, mu, logvar, eps).double())
         return theory.log_mean_exp(torch.cat(log_w, dim=0), dim=0).float()
 
     # --- what a user does with a VAE ------------------------------------------------------------------
