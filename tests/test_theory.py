@@ -91,3 +91,19 @@ def test_interpolation_endpoints_and_slerp_norms():
     assert torch.allclose(norms, z1.norm(dim=1, keepdim=True).expand(3, 7), rtol=1e-4)  # stays on the sphere
     same = theory.slerp(z1, z1.clone(), t)  # parallel: no division by zero
     assert torch.all(torch.isfinite(same)) and torch.allclose(same, z1[:, None].expand(3, 7, 16), atol=1e-5)
+
+
+def test_the_discretised_logistic_is_a_distribution_on_256_values():
+    torch.manual_seed(0)
+    mean = torch.randn(1, 50, dtype=torch.float64)
+    log_scale = torch.randn(1, 50, dtype=torch.float64) - 2.5  # sharp and broad ones
+    x = torch.arange(256, dtype=torch.float64)[:, None].expand(256, 50)
+    log_p = theory.discretized_logistic_log_prob(x, mean, log_scale)
+    torch.testing.assert_close(torch.logsumexp(log_p, 0), torch.zeros(50, dtype=torch.float64), rtol=0, atol=1e-12)
+    # against the difference of the logistic's CDF at the bin edges, computed directly where it does not cancel
+    cdf = lambda v: torch.sigmoid((v - mean) / log_scale.exp())
+    centre = x / 127.5 - 1
+    direct = (torch.where(x > 254.5, 1.0, cdf(centre + 1 / 255)) - torch.where(x < 0.5, 0.0, cdf(centre - 1 / 255)))
+    ok = direct > 1e-6
+    torch.testing.assert_close(log_p[ok], direct[ok].log(), rtol=1e-7, atol=1e-9)
+    assert torch.isfinite(log_p).all() and log_p.min() < -100  # far tails stay finite

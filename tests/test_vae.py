@@ -96,13 +96,15 @@ def test_elbo_terms_use_the_closed_form_kl():
     assert torch.allclose(terms["kl"], mc_kl, atol=0.02)
 
 
-@pytest.mark.parametrize("arch, shape", [("mlp", (1, 28, 28)), ("conv", (1, 28, 28)), ("conv", (3, 32, 32))])
-def test_shapes_of_every_method(arch, shape):
-    model = VAE(VAEConfig(latent_dim=6, arch=arch, hidden=32, channels=8), shape).eval()
-    x = torch.rand(5, *shape).bernoulli()
+@pytest.mark.parametrize("arch, shape, likelihood", [("mlp", (1, 28, 28), "bernoulli"), ("conv", (1, 28, 28), "bernoulli"),
+                                                     ("conv", (3, 32, 32), "logistic"), ("mlp", (3, 32, 32), "logistic")])
+def test_shapes_of_every_method(arch, shape, likelihood):
+    model = VAE(VAEConfig(latent_dim=6, arch=arch, hidden=32, channels=8, likelihood=likelihood), shape).eval()
+    x = torch.rand(5, *shape).bernoulli() if likelihood == "bernoulli" else torch.randint(0, 256, (5, *shape)).float()
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (5, 6)
-    assert model.decode(mu).shape == (5, *shape)
+    params = shape[0] * (1 if likelihood == "bernoulli" else 2)
+    assert model.decode(mu).shape == (5, params, *shape[1:])
     assert model.loss(x).shape == (5,)
     assert model.log_likelihood_estimate(x, 7, max_rows=12).shape == (5,)  # chunked over k
     for images in (model.sample(4), model.reconstruct(x)):
@@ -130,3 +132,26 @@ def test_a_bound_model_offers_only_what_its_kind_allows():
     for method in (model.log_prob, model.energy):
         with pytest.raises(ConfigError, match="kind 'bound'"):
             method(x)
+
+
+def test_the_logistic_vae_scores_8_bit_colour_in_bits_per_dim():
+    from genzoo.data.views import reports_bits_per_dim
+
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=4, hidden=16, depth=1, likelihood="logistic"), (3, 8, 8))
+    assert model.view == "uint8" and reports_bits_per_dim(model.view)
+    x = torch.randint(0, 256, (6, 3, 8, 8)).float()
+    params = model.decode(torch.randn(6, 4))
+    assert params.shape == (6, 6, 8, 8)  # a mean and a log-scale per subpixel
+    mean, log_scale = params.chunk(2, dim=1)
+    expected = theory.discretized_logistic_log_prob(x, mean, log_scale.clamp(min=-7.0)).sum((1, 2, 3))
+    torch.testing.assert_close(model.log_px_z(x, params), expected)
+    with torch.no_grad():
+        elbo = torch.stack([model.elbo(x) for _ in range(200)]).mean(0)
+        iwae = model.log_likelihood_estimate(x, 200)
+    assert torch.all(elbo < 0) and torch.all(iwae > elbo)  # a bound on log P of discrete data, and IWAE tighter
+    assert torch.all(-iwae / (3 * 64 * math.log(2)) < 10)  # an untrained model: about the 8 bits of uniform noise
+    images = model.sample(3, torch.Generator().manual_seed(0))
+    assert images.shape == (3, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(ConfigError, match="a Bernoulli VAE models binarised grey images"):
+        VAE(VAEConfig(), (3, 32, 32))

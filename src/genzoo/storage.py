@@ -7,7 +7,6 @@ renamed over the old one, so a crash at any moment leaves the previous complete 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -50,14 +49,6 @@ def atomic_write(path: Path, write) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 LOCK = ".lock"

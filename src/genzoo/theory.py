@@ -48,6 +48,24 @@ def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
 
+def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) elementwise for 8-bit values x in 0..255 under a logistic of ``mean`` and scale exp(log_scale) on
+    [-1, 1], discretised into 256 bins of width 2/255 centred on the values (Salimans et al. 2017, eq. 2): the
+    mass between the bin's edges, the first bin extending to -inf and the last to +inf, so the 256
+    probabilities sum to one exactly."""
+    centred = x / 127.5 - 1.0 - mean
+    inv_s = torch.exp(-log_scale)
+    upper, lower = inv_s * (centred + 1.0 / 255.0), inv_s * (centred - 1.0 / 255.0)
+    log_cdf_upper = upper - torch.nn.functional.softplus(upper)  # log sigmoid(upper)
+    log_one_minus_cdf_lower = -torch.nn.functional.softplus(lower)  # log (1 - sigmoid(lower))
+    # the middle bins: log(sigmoid(upper) - sigmoid(lower)), computed as log sigmoid(upper) + log(1 - e^{l - u})
+    # + log(1 - sigmoid(lower)) - ..., in the stable form sigmoid(u) - sigmoid(l) = e^{-softplus(-u)} (1 - e^{l-u})
+    # e^{-softplus(l)}
+    log_mid = (upper - torch.nn.functional.softplus(upper) - torch.nn.functional.softplus(lower)
+               + torch.log(-torch.expm1(lower - upper)))
+    return torch.where(x < 0.5, log_cdf_upper, torch.where(x > 254.5, log_one_minus_cdf_lower, log_mid))
+
+
 def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """log(mean(exp(x))) along ``dim``, without overflow."""
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])

@@ -21,7 +21,7 @@ import torch
 
 from genzoo import storage
 from genzoo.data.datasets import cache_dir
-from genzoo.data.fetch import fetch_verified
+from genzoo.data.fetch import fetch_verified, sha256_file, sha256_problem
 from genzoo.errors import ConfigError, RunError
 
 PREFIX = "zoo:"
@@ -59,13 +59,6 @@ def cache_root() -> Path:
     return cache_dir() / "zoo"
 
 
-def _problem(path: Path, sha256: str) -> str | None:
-    digest = storage.sha256_file(path)
-    if digest != sha256:
-        return f"fails its SHA-256 check (got {digest[:16]}…, expected {sha256[:16]}…)"
-    return None
-
-
 def resolve(name: str | Path, root: Path | None = None, timeout: float = 60.0) -> Path:
     """The folder of a run: ``name`` itself, or for zoo:NAME the verified folder of that zoo model (fetched into the
     cache first when the index gives it a URL and no complete copy is at hand)."""
@@ -78,7 +71,7 @@ def resolve(name: str | Path, root: Path | None = None, timeout: float = 60.0) -
         folder = base / short
         if all((folder / f).is_file() for f in files):
             for f, sha256 in files.items():
-                wrong = _problem(folder / f, sha256)
+                wrong = sha256_problem(folder / f, sha256)
                 if wrong:
                     raise RunError(f"zoo:{short}: {folder / f} {wrong}: the file is damaged or was replaced; {remedy}.")
             return folder
@@ -89,9 +82,9 @@ def resolve(name: str | Path, root: Path | None = None, timeout: float = 60.0) -
     folder.mkdir(parents=True, exist_ok=True)
     for f, sha256 in files.items():
         target = folder / f
-        if target.is_file() and _problem(target, sha256) is None:
+        if target.is_file() and sha256_problem(target, sha256) is None:
             continue
-        fetch_verified(info["url"].rstrip("/") + "/" + f, target, lambda tmp, s=sha256: _problem(tmp, s),
+        fetch_verified(info["url"].rstrip("/") + "/" + f, target, lambda tmp, s=sha256: sha256_problem(tmp, s),
                                timeout, RunError)
     return folder
 
@@ -132,7 +125,7 @@ def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: st
     storage.write_json(folder / CARD, card)
     for f, result in (results or {}).items():
         storage.write_json(folder / f, result)
-    files = {f: storage.sha256_file(folder / f) for f in sorted({WEIGHTS, CARD, *kept, *(results or {})})}
+    files = {f: sha256_file(folder / f) for f in sorted({WEIGHTS, CARD, *kept, *(results or {})})}
     index_path = root / INDEX
     index = storage.read_json(index_path) if index_path.is_file() else {"format": 1, "models": {}}
     index["models"][name] = {"files": files, "bytes": sum((folder / f).stat().st_size for f in files),

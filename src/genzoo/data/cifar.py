@@ -11,7 +11,6 @@ test images. The archive is looked for like Fashion-MNIST's files ($GENZOO_DATA/
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genzoo.data.fetch import fetch_verified
+from genzoo.data.fetch import fetch_verified, sha256_problem
 from genzoo.errors import DataError
 
 RECORD = 1 + 3 * 32 * 32
@@ -55,21 +54,6 @@ CIFAR10 = ArchiveSpec(
 ARCHIVE_DATASETS = {CIFAR10.name: CIFAR10}
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def checksum_problem(path: Path, spec: ArchiveSpec) -> str | None:
-    digest = sha256_of(path)
-    if digest != spec.sha256:
-        return f"checksum mismatch (got SHA-256 {digest[:16]}…, expected {spec.sha256[:16]}…)"
-    return None
-
-
 def download_archive(spec: ArchiveSpec, dest: Path, timeout: float = 120.0) -> Path:
     """Fetch the archive into ``dest`` from the first mirror that serves it intact."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -77,7 +61,7 @@ def download_archive(spec: ArchiveSpec, dest: Path, timeout: float = 120.0) -> P
     problems = []
     for mirror in spec.mirrors:
         try:
-            fetch_verified(mirror + spec.archive, target, lambda tmp: checksum_problem(tmp, spec), timeout)
+            fetch_verified(mirror + spec.archive, target, lambda tmp: sha256_problem(tmp, spec.sha256), timeout)
             return target
         except DataError as e:
             problems.append(str(e))
@@ -86,7 +70,7 @@ def download_archive(spec: ArchiveSpec, dest: Path, timeout: float = 120.0) -> P
 
 def read_archive(path: Path, spec: ArchiveSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{part: (images uint8 [N x 3 x 32 x 32], labels [N])} from a verified archive."""
-    wrong = checksum_problem(path, spec)
+    wrong = sha256_problem(path, spec.sha256)
     if wrong:
         raise DataError(f"{path}: {wrong}; the file is damaged or not the official {spec.archive} (delete it to "
                         f"download it again).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import urllib.error
@@ -10,6 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genzoo.errors import DataError
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_problem(path: Path, expected: str) -> str | None:
+    """None when the file's SHA-256 is ``expected``, else a phrase saying it is not."""
+    digest = sha256_file(path)
+    if digest != expected:
+        return f"fails its SHA-256 check (got {digest[:16]}…, expected {expected[:16]}…)"
+    return None
 
 
 def fetch_verified(url: str, target: Path, problem: Callable[[Path], str | None], timeout: float,

@@ -18,6 +18,7 @@ import torch
 
 from genzoo import theory
 from genzoo.config import option
+from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
 from genzoo.nets import MLP, ConvDecoder, ConvEncoder
 
@@ -29,6 +30,9 @@ class VAEConfig:
     hidden: int = option(512, "width of the hidden layers", min=1)
     depth: int = option(2, "hidden layers of the MLP encoder and of the MLP decoder", min=1)
     channels: int = option(32, "base channel count of the conv architecture", min=1)
+    likelihood: str = option("bernoulli", "p(x|z): bernoulli on binarised grey pixels (scored in nats), or logistic, a "
+                                          "discretised logistic per 8-bit subpixel (bits/dim; grey or colour)",
+                             choices=("bernoulli", "logistic"))
     train_k: int = option(1, "importance samples of the training objective: 1 = the ELBO (closed-form KL), k > 1 = "
                              "the IWAE bound (Burda et al. 2016), tighter, k times the decoder's cost", min=1)
 
@@ -36,7 +40,9 @@ class VAEConfig:
 class VAE(GenerativeModel):
     family = "vae"
     kind = DensityKind.BOUND
-    view = "binary"
+    view = "binary"  # the Bernoulli likelihood's; a logistic-likelihood model uses the uint8 view (set per instance)
+    views_offered = "'binary' (--likelihood bernoulli) or 'uint8' (--likelihood logistic)"
+    channels_supported = (1, 3)
     Config = VAEConfig
     importance_weighted = True
     # A cosine decay at a higher peak rate gains about a nat over a constant 1e-3 in 10 epochs (BENCHMARKS.md).
@@ -49,30 +55,56 @@ class VAE(GenerativeModel):
     def __init__(self, cfg: VAEConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
         c, h, w = image_shape
+        if cfg.likelihood == "bernoulli" and c != 1:
+            raise ConfigError(f"a Bernoulli VAE models binarised grey images, not {c} channels; for colour use "
+                              f"--likelihood logistic (a discretised logistic per subpixel, scored in bits/dim).")
+        self.view = "binary" if cfg.likelihood == "bernoulli" else "uint8"
+        out = c if cfg.likelihood == "bernoulli" else 2 * c  # logits, or (mean, log-scale) of each subpixel
         d, L = c * h * w, cfg.latent_dim
         if cfg.arch == "mlp":
             self.encoder = MLP(d, [cfg.hidden] * cfg.depth, 2 * L, activation="gelu")
-            self.decoder = MLP(L, [cfg.hidden] * cfg.depth, d, activation="gelu")
+            self.decoder = MLP(L, [cfg.hidden] * cfg.depth, out * h * w, activation="gelu")
         else:
             self.encoder = ConvEncoder(c, h, w, 2 * L, channels=cfg.channels, hidden=cfg.hidden)
-            self.decoder = ConvDecoder(L, c, h, w, channels=cfg.channels, hidden=cfg.hidden)
+            self.decoder = ConvDecoder(L, out, h, w, channels=cfg.channels, hidden=cfg.hidden)
 
     # --- the two networks ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x): x [N x C x H x W] -> (mu, logvar), each [N x L]."""
+        """q(z|x): x [N x C x H x W] (view values) -> (mu, logvar), each [N x L]."""
+        if self.cfg.likelihood == "logistic":
+            x = x / 127.5 - 1.0  # 8-bit values to [-1, 1]
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """p(x|z): z [N x L] -> Bernoulli logits [N x C x H x W]."""
-        return self.decoder(z).reshape(z.shape[0], *self.image_shape)
+        """p(x|z): z [N x L] -> its parameters: Bernoulli logits [N x C x H x W], or the logistic's means and
+        log-scales on [-1, 1], [N x 2C x H x W]."""
+        h, w = self.image_shape[1:]
+        return self.decoder(z).reshape(z.shape[0], -1, h, w)
+
+    def log_px_z(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) per example [N], from the decoder's output ``params`` at z."""
+        if self.cfg.likelihood == "bernoulli":
+            return theory.sum_except_batch(theory.bernoulli_log_prob(x, params))
+        mean, log_scale = params.chunk(2, dim=1)
+        return theory.sum_except_batch(theory.discretized_logistic_log_prob(x, mean, log_scale.clamp(min=-7.0)))
+
+    def means(self, params: torch.Tensor) -> torch.Tensor:
+        """The mean image of p(x | z) in [0, 1]: the Bernoulli means, or the logistic's location."""
+        if self.cfg.likelihood == "bernoulli":
+            return torch.sigmoid(params)
+        return (params.chunk(2, dim=1)[0].clamp(-1.0, 1.0) + 1.0) / 2.0
+
+    def as_image(self, x: torch.Tensor) -> torch.Tensor:
+        """View values in [0, 1] for pictures."""
+        return x if self.cfg.likelihood == "bernoulli" else x / 255.0
 
     # --- the bound ----------------------------------------------------------------------------------
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example reconstruction log-likelihood, KL and ELBO, each [N], in nats."""
         mu, logvar = self.encode(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterisation
-        log_px_z = theory.sum_except_batch(theory.bernoulli_log_prob(x, self.decode(z)))
+        log_px_z = self.log_px_z(x, self.decode(z))
         kl = theory.sum_except_batch(theory.gaussian_kl(mu, logvar, torch.zeros_like(mu), torch.zeros_like(logvar)))
         return {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl}
 
@@ -93,9 +125,9 @@ class VAE(GenerativeModel):
         z = mu + torch.exp(0.5 * logvar) * eps  # (k, N, L)
         log_q = theory.gaussian_log_prob(z, mu, logvar).sum(-1)
         log_pz = theory.standard_normal_log_prob(z).sum(-1)
-        logits = self.decode(z.reshape(k * n, -1))  # (k*N, C, H, W)
+        params = self.decode(z.reshape(k * n, -1))  # (k*N, C or 2C, H, W)
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
-        log_px_z = theory.sum_except_batch(theory.bernoulli_log_prob(x_rep, logits)).reshape(k, n)
+        log_px_z = self.log_px_z(x_rep, params).reshape(k, n)
         return log_px_z + log_pz - log_q
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -122,16 +154,16 @@ class VAE(GenerativeModel):
     # --- what a user does with a VAE ------------------------------------------------------------------
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Bernoulli means of p(x | z = mu(x)), [N x C x H x W] in [0, 1]."""
+        """Means of p(x | z = mu(x)), [N x C x H x W] in [0, 1]."""
         mu, _ = self.encode(x)
-        return torch.sigmoid(self.decode(mu))
+        return self.means(self.decode(mu))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Bernoulli means of p(x|z), z ~ N(0, I): the usual way to show a Bernoulli VAE's samples."""
+        """Means of p(x|z), z ~ N(0, I): the usual way to show a VAE's samples."""
         device = next(self.parameters()).device
         z = torch.randn((n, self.cfg.latent_dim), generator=generator, device=device)
-        return torch.sigmoid(self.decode(z))
+        return self.means(self.decode(z))
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10, mode: str = "lerp") -> torch.Tensor:
@@ -144,16 +176,18 @@ class VAE(GenerativeModel):
         z2, _ = self.encode(x2)
         t = torch.linspace(0.0, 1.0, steps, device=z1.device)
         path = (theory.slerp if mode == "slerp" else theory.lerp)(z1, z2, t)  # (N, steps, L)
-        images = torch.sigmoid(self.decode(path.reshape(-1, path.shape[-1])))
+        images = self.means(self.decode(path.reshape(-1, path.shape[-1])))
         return images.reshape(x1.shape[0], steps, *self.image_shape)
 
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
         samples = self.sample(100, generator).reshape(10, 10, *self.image_shape)
-        originals = x[:16]
-        recon = torch.stack([originals, self.reconstruct(originals)], dim=1)  # (16, 2, C, H, W)
-        recon = recon.reshape(4, 8, *self.image_shape)  # 4 rows of 4 (original, reconstruction) pairs
-        interp = self.interpolate(x[16:24:2], x[17:25:2], steps=10, mode="slerp")  # (4, 10, C, H, W)
+        originals = x[:16] if len(x) < 4 else x[:min(16, len(x)) // 4 * 4]
+        recon = torch.stack([self.as_image(originals), self.reconstruct(originals)], dim=1)  # (k, 2, C, H, W)
+        # rows of 4 (original, reconstruction) pairs (one pair a row for a tiny validation split)
+        recon = recon.reshape(-1, 8 if len(originals) % 4 == 0 else 2, *self.image_shape)
+        pick = torch.arange(16, 24, device=x.device) % len(x)  # other images than the reconstructed ones
+        interp = self.interpolate(x[pick[::2]], x[pick[1::2]], steps=10, mode="slerp")  # (4, 10, C, H, W)
         return {"samples": samples, "recon": recon, "interp": interp}
 
 
