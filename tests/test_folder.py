@@ -190,18 +190,18 @@ def test_fid_on_a_folder_needs_its_own_feature_network(tmp_path, cache, run_cli,
     assert_one_clear_error(code, err, "has no class subfolders", "FID/KID are not available")
 
 
-@pytest.mark.parametrize("family", ["ddpm", "flow", "realnvp", "gan", "ebm", "vae"])
+@pytest.mark.parametrize("family", ["ddpm", "flow", "realnvp", "gan", "ebm", "vae", "pixelcnn"])
 def test_every_colour_family_trains_and_samples_on_rgb_32(family, tmp_path, cache, run_cli):
     from test_cli import SMALL_NETS
 
     from genzoo import runs
     from genzoo.models import FAMILIES
-    assert {f for f, c in FAMILIES.items() if 3 in c.channels_supported} == {"ddpm", "flow", "realnvp", "gan", "ebm",
-                                                                            "vae"}
+    assert {f for f, c in FAMILIES.items() if 3 in c.channels_supported} == set(FAMILIES)
     root = shapes_folder(tmp_path / "shapes", per_class=4)
-    extra = ["--likelihood", "logistic"] if family == "vae" else []
+    extra = {"vae": ["--likelihood", "logistic"], "pixelcnn": ["--head", "softmax", "--image-size", "8"]}.get(family, [])
     code, _, err = run_cli("train", family, "--dataset", root, *SMALL_NETS[family], *extra, "--max-steps", 2,
                            "--batch-size", 8, "--out", tmp_path / "run", "--eval-n", 2, "--eval-ode-steps", 1)
     assert code == 0, err
     x = runs.load_run(tmp_path / "run").model.sample(2, torch.Generator().manual_seed(0))
-    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
+    side = 8 if family == "pixelcnn" else 32
+    assert x.shape == (2, 3, side, side) and torch.isfinite(x).all()

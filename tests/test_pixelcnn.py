@@ -33,6 +33,44 @@ def test_output_depends_on_every_earlier_pixel_and_on_no_other(out_channels):
         assert (grad[:p] > 0).all(), f"pixel ({i},{j}) has a blind spot"
 
 
+@pytest.mark.parametrize("out_per_colour", [1, 4])
+def test_in_colour_each_subpixel_sees_earlier_pixels_and_the_earlier_colours_of_its_own(out_per_colour):
+    # R before G before B (van den Oord et al. 2016): the output of colour g at pixel p depends on every colour of
+    # every earlier pixel and on the colours < g of pixel p, and on nothing else
+    torch.manual_seed(2)
+    net = GatedPixelCNN(3, 3 * out_per_colour, channels=12, layers=4, kernel=3, head_channels=24, colours=3).double()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    h = w = 5
+    x = torch.randn(16, 3, h, w, dtype=torch.float64, requires_grad=True)  # no path is dead (ReLU) for all 16
+    out = net(x)
+    for i, j, g in itertools.product(range(h), range(w), range(3)):
+        channels = [v * 3 + g for v in range(out_per_colour)]  # channel-minor: output v * C + c is colour c
+        (grad,) = torch.autograd.grad(out[:, channels, i, j].sum(), x, retain_graph=True)
+        grad = grad.abs().sum(0).permute(1, 2, 0).flatten()  # raster order of pixels, colours within a pixel
+        p = (i * w + j) * 3 + g
+        assert grad[p:].max() == 0, f"colour {g} of pixel ({i},{j}) sees itself or something after it"
+        assert (grad[:p] > 0).all(), f"colour {g} of pixel ({i},{j}) has a blind spot"
+    row = net.row(x[:, :, 2:3].detach(), net.context(x[:, :, :2].detach(), w))
+    torch.testing.assert_close(row, out[:, :, 2:3].detach(), rtol=0, atol=1e-12)
+
+
+def test_a_colour_pixelcnn_is_normalised_and_samples_rgb():
+    # a 1 x 1 colour image with 4 levels would need another head; with 256 levels, check the chain rule instead:
+    # log P(x) = sum over subpixels of log P(x_c | earlier), so changing B changes only B's term
+    torch.manual_seed(3)
+    model = PixelCNN(PixelCNNConfig(head="softmax", channels=6, layers=2, head_channels=6), (3, 2, 2)).double()
+    x = torch.randint(0, 256, (1, 3, 2, 2)).double()
+    logits = model.logits(x)  # [1 x 256 x 3 x 2 x 2]
+    x2 = x.clone()
+    x2[0, 2, 1, 1] = (x2[0, 2, 1, 1] + 7) % 256  # the very last subpixel
+    torch.testing.assert_close(model.logits(x2), logits)  # no conditional sees it
+    images = model.sample(2, torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 2, 2) and torch.equal(images * 255, (images * 255).round())
+    with pytest.raises(ConfigError, match="Bernoulli-head PixelCNN models binarised grey images"):
+        PixelCNN(PixelCNNConfig(), (3, 8, 8))
+
+
 def test_row_by_row_evaluation_equals_the_full_pass():
     net = GatedPixelCNN(1, 3, channels=8, layers=4, kernel=5, head_channels=16).double()
     x = torch.randn(2, 1, 9, 7, dtype=torch.float64)

@@ -45,6 +45,7 @@ class PixelCNNConfig:
 
 class PixelCNN(GenerativeModel):
     family = "pixelcnn"
+    channels_supported = (1, 3)
     kind = DensityKind.EXACT
     view = "binary"  # the default head's; a softmax-head model uses the uint8 view (set per instance)
     Config = PixelCNNConfig
@@ -61,9 +62,12 @@ class PixelCNN(GenerativeModel):
         super().__init__(cfg, image_shape)
         self.view = HEAD_VIEWS[cfg.head]
         c = image_shape[0]
+        if cfg.head == "bernoulli" and c != 1:
+            raise ConfigError(f"a Bernoulli-head PixelCNN models binarised grey images, not {c} channels; for colour "
+                              f"use --head softmax (256 values per subpixel, R before G before B, in bits/dim).")
         self.levels = 2 if cfg.head == "bernoulli" else 256
         out = c if cfg.head == "bernoulli" else 256 * c
-        self.net = GatedPixelCNN(c, out, cfg.channels, cfg.layers, cfg.kernel, cfg.head_channels)
+        self.net = GatedPixelCNN(c, out, cfg.channels, cfg.layers, cfg.kernel, cfg.head_channels, colours=c)
 
     def to_net_input(self, x: torch.Tensor) -> torch.Tensor:
         """View values ({0, 1} or 0..255) -> [-1, 1]."""
@@ -108,13 +112,20 @@ class PixelCNN(GenerativeModel):
         for i in range(first_row, h):
             context = self.net.context(self.to_net_input(x[:, :, :i]), w)  # the rows above, once per row
             for j in range(w):
-                logits = self.net.row(self.to_net_input(x[:, :, i:i + 1]), context)[..., 0, j] / temperature
-                if self.cfg.head == "bernoulli":  # logits (N, C)
-                    u = torch.rand(logits.shape, generator=generator, device=x.device)
-                    x[:, :, i, j] = (u < torch.sigmoid(logits)).to(x.dtype)
-                else:  # logits (N, 256 * C), channel-minor as in ``logits``
-                    probs = torch.softmax(logits.reshape(n, 256, c).transpose(1, 2).reshape(-1, 256), dim=-1)
-                    x[:, :, i, j] = torch.multinomial(probs, 1, generator=generator).reshape(n, c).to(x.dtype)
+                # grey: the pixel in one pass; colour: one pass per subpixel, R before G before B
+                for colour in range(c) if c > 1 else [None]:
+                    logits = self.net.row(self.to_net_input(x[:, :, i:i + 1]), context)[..., 0, j] / temperature
+                    if self.cfg.head == "bernoulli":  # logits (N, C)
+                        u = torch.rand(logits.shape, generator=generator, device=x.device)
+                        x[:, :, i, j] = (u < torch.sigmoid(logits)).to(x.dtype)
+                        continue
+                    probs = torch.softmax(logits.reshape(n, 256, c).transpose(1, 2), dim=-1)  # (N, C, 256)
+                    if colour is None:
+                        x[:, :, i, j] = torch.multinomial(probs.reshape(-1, 256), 1, generator=generator).reshape(
+                            n, c).to(x.dtype)
+                    else:
+                        x[:, colour, i, j] = torch.multinomial(probs[:, colour], 1, generator=generator)[:, 0].to(
+                            x.dtype)
                 bar.update(1)
         bar.close()
         return x

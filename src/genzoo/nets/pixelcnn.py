@@ -14,8 +14,13 @@ Two stacks remove the blind spot of the original masked-convolution PixelCNN:
   (type B) may see column j, which by then only carries information from pixels before it.
 
 Each layer is gated, tanh(a) * sigmoid(b), and the horizontal stack is residual after the first layer.
-The channel dimension is treated as one: with C > 1 all channels of a pixel are predicted together from the
-pixels before it (the grayscale datasets genzoo ships have C = 1).
+
+Colour (``colours`` = C > 1): the subpixels of a pixel are predicted in order too, R before G before B
+(van den Oord et al. 2016, "Pixel Recurrent Neural Networks", section 3.4). Every feature map of the horizontal
+stack and the head is split into C groups; at column j the first layer's horizontal convolution lets group g see
+the input colours < g of pixel j (mask A), and every later connection within a pixel lets group g see groups
+<= g (mask B). The output channel of colour c belongs to group c. The vertical stack carries only rows above the
+pixel to the horizontal one, so it needs no colour mask. With C = 1 the network is the grey one unchanged.
 """
 
 from __future__ import annotations
@@ -35,16 +40,44 @@ def _shift_right(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
 
 
+def colour_groups(n: int, colours: int) -> torch.Tensor:
+    """The colour group (0..colours-1) of each of n channels, in contiguous blocks as equal as they can be."""
+    return torch.arange(n) * colours // n
+
+
+def colour_mask(out_groups: torch.Tensor, in_groups: torch.Tensor, strict: bool) -> torch.Tensor:
+    """[out x in] 1 where an output channel may see an input channel of the same pixel: input group < output group
+    (strict: mask A), or <= (mask B)."""
+    return (in_groups[None, :] < out_groups[:, None]) if strict else (in_groups[None, :] <= out_groups[:, None])
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """conv(x) with its weight multiplied by ``mask`` (None: the plain convolution)."""
+    return conv(x) if mask is None else F.conv2d(x, conv.weight * mask, conv.bias)
+
+
 class GatedLayer(nn.Module):
-    def __init__(self, cin: int, channels: int, kernel: int, first: bool):
+    def __init__(self, cin: int, channels: int, kernel: int, first: bool, colours: int = 1,
+                 in_groups: torch.Tensor | None = None):
         super().__init__()
         if kernel % 2 == 0 or kernel < 3:
             raise ValueError(f"the PixelCNN kernel size must be odd and at least 3; got {kernel}")
-        self.first, self.k = first, kernel // 2
+        self.first, self.k, self.colours = first, kernel // 2, colours
         self.v_conv = nn.Conv2d(cin, 2 * channels, (self.k + 1, kernel))  # rows i-k..i, columns j-k..j+k
         self.h_conv = nn.Conv2d(cin, 2 * channels, (1, self.k + 1))  # columns j-k..j of row i
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_out = nn.Conv2d(channels, channels, 1)
+        if colours > 1:  # masks as buffers outside the state dict: a colour net saves the same tensors as a grey one
+            groups = colour_groups(channels, colours)
+            gated = torch.cat([groups, groups])  # the a and b halves of the gate, each in colour blocks
+            in_groups = colour_groups(cin, colours) if in_groups is None else in_groups
+            h_mask = torch.ones(2 * channels, cin, 1, self.k + 1)
+            h_mask[:, :, 0, -1] = colour_mask(gated, in_groups, strict=first).float()  # column j: within the pixel
+            self.register_buffer("h_mask", h_mask, persistent=False)
+            self.register_buffer("out_mask", colour_mask(groups, groups, False).float()[:, :, None, None],
+                                 persistent=False)
+        else:
+            self.h_mask = self.out_mask = None
 
     @staticmethod
     def gate(x: torch.Tensor) -> torch.Tensor:
@@ -57,10 +90,10 @@ class GatedLayer(nn.Module):
 
     def horizontal(self, h: torch.Tensor, v_above: torch.Tensor) -> torch.Tensor:
         """The next horizontal stack from this one and the vertical pre-activation of the row above each row."""
-        h_pre = self.h_conv(F.pad(h, (self.k, 0, 0, 0)))  # columns <= j
-        if self.first:
-            h_pre = _shift_right(h_pre)  # mask A: columns < j
-        h_new = self.h_out(self.gate(h_pre + self.v_to_h(v_above)))
+        h_pre = _conv(self.h_conv, F.pad(h, (self.k, 0, 0, 0)), self.h_mask)  # columns <= j
+        if self.first and self.colours == 1:
+            h_pre = _shift_right(h_pre)  # mask A: columns < j (in colour, h_mask hides what pixel j must not see)
+        h_new = _conv(self.h_out, self.gate(h_pre + self.v_to_h(v_above)), self.out_mask)
         return h_new if self.first else h + h_new
 
     def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,16 +105,33 @@ class GatedPixelCNN(nn.Module):
     """[N x in_channels x H x W] -> [N x out_channels x H x W], autoregressive in raster order."""
 
     def __init__(self, in_channels: int, out_channels: int, channels: int = 64, layers: int = 8, kernel: int = 5,
-                 head_channels: int = 256, channels_last: bool = True):
+                 head_channels: int = 256, channels_last: bool = True, colours: int = 1):
         super().__init__()
-        self.layers = nn.ModuleList(
-            [GatedLayer(in_channels, channels, max(7, kernel), first=True)]  # 7x7 first layer, as in the paper
-            + [GatedLayer(channels, channels, kernel, first=False) for _ in range(layers - 1)])
+        if colours > 1 and min(channels, head_channels) < colours:
+            raise ValueError(f"a colour PixelCNN needs at least {colours} channels per layer")
+        pixel_in = torch.arange(in_channels) % colours if colours > 1 else None  # input channel c is colour c
+        self.layers = nn.ModuleList(  # 7x7 first layer, as in the paper
+            [GatedLayer(in_channels, channels, max(7, kernel), first=True, colours=colours, in_groups=pixel_in)]
+            + [GatedLayer(channels, channels, kernel, first=False, colours=colours) for _ in range(layers - 1)])
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(),
                                   nn.Conv2d(head_channels, out_channels, 1))
+        self.colours = colours
+        if colours > 1:  # output channel v * C + c (channel-minor, as the model lays out its logits) is colour c
+            hidden, head = colour_groups(channels, colours), colour_groups(head_channels, colours)
+            out = torch.arange(out_channels) % colours
+            self.register_buffer("head_mask1", colour_mask(head, hidden, False).float()[:, :, None, None],
+                                 persistent=False)
+            self.register_buffer("head_mask2", colour_mask(out, head, False).float()[:, :, None, None],
+                                 persistent=False)
         self.channels_last = channels_last  # the faster memory layout for convolutions on CPUs
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        if self.colours == 1:
+            return self.head(h)
+        h = _conv(self.head[1], F.relu(h), self.head_mask1)
+        return _conv(self.head[3], F.relu(h), self.head_mask2)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -91,7 +141,7 @@ class GatedPixelCNN(nn.Module):
         v, h = x, x
         for layer in self.layers:
             v, h = layer(v, h)
-        return self.head(h)
+        return self._head(h)
 
     # --- row by row, for sampling: the vertical stack once per row, the horizontal stack once per pixel --------
     def context(self, above: torch.Tensor, width: int) -> list[torch.Tensor]:
@@ -114,4 +164,4 @@ class GatedPixelCNN(nn.Module):
         h = self._layout(x_row)
         for layer, v_above in zip(self.layers, context):
             h = layer.horizontal(h, v_above)
-        return self.head(h)
+        return self._head(h)
