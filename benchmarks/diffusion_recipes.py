@@ -43,6 +43,9 @@ RECIPES = {  # name: (family, settings changed from the family's defaults)
     "flow-logitnormal": ("flow", {"time_sampling": "logit-normal"}),
     "flow-lr3e-3": ("flow", {"lr": 3e-3}),
     "flow-batch64": ("flow", {"batch_size": 64}),
+    # diffusers' UNet2DModel (about the same parameter count) + DDPMScheduler, trained like ddpm-eps (Adam 1e-3,
+    # 200 warm-up steps, clipping at 1, the same EMA) and sampled with its DPM-Solver++(2M), 20 steps
+    "diffusers": ("diffusers", {}),
 }
 TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 
@@ -63,7 +66,65 @@ def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
     return name, (family, changes)
 
 
+def run_diffusers(args, data, log) -> dict:
+    """diffusers' UNet2DModel + DDPMScheduler at genzoo's DDPM recipe, for the same number of training images."""
+    import time
+
+    import diffusers
+    from ddpm_vs_diffusers import diffusers_setup
+    from diffusers import DPMSolverMultistepScheduler
+
+    from genzoo.trainer import ema_decay_at, learning_rate
+
+    torch.manual_seed(0)
+    unet, loss_fn = diffusers_setup(32)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    images, steps = data.train.images, args.images // 128
+    start = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, 1e-3, "constant", 200)
+        loss = loss_fn(images[torch.randint(0, len(images), (128,), generator=g)].float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = ema_decay_at(step, 0.999, True)
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                if v.is_floating_point():
+                    ema[k].mul_(decay).add_(v, alpha=1 - decay)
+                else:
+                    ema[k].copy_(v)
+    seconds = time.perf_counter() - start
+    unet.load_state_dict(ema)
+    unet.eval()
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                            algorithm_type="dpmsolver++", solver_order=2)
+    out, tick = [], time.perf_counter()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for s in range(0, args.fid_n, 500):
+            scheduler.set_timesteps(20)
+            x = torch.randn((min(500, args.fid_n - s), 1, 28, 28), generator=gen)
+            for t in scheduler.timesteps:
+                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            out.append(((x + 1) / 2).clamp(0, 1))
+    rate = args.fid_n / (time.perf_counter() - tick)
+    scores = score_images(torch.cat(out), data.name, "float", 500)
+    log(f"diffusers: {steps} steps, FID {scores['fid']:.2f}")
+    return {"family": "diffusers", "diffusers_version": diffusers.__version__, "changes": {}, "steps": steps,
+            "train_minutes": seconds / 60, "images_per_s": steps * 128 / seconds,
+            "parameters": sum(p.numel() for p in unet.parameters()),
+            "solver": {"sampler": "dpm++2m (diffusers DPMSolverMultistepScheduler)", "steps": 20},
+            "seconds_per_100": 100 / rate, **scores, "date": datetime.date.today().isoformat()}
+
+
 def run_variant(name: str, family: str, changes: dict, args, data, log) -> dict:
+    if family == "diffusers":
+        return run_diffusers(args, data, log)
     folder = HERE / "results" / f"diffusion_recipes{args.tag}" / name
     train = {"epochs": 100, "lr_schedule": "constant", "final_eval": "skip",
              **{k: v for k, v in changes.items() if k in TRAIN_KEYS}}
