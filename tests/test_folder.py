@@ -161,19 +161,25 @@ def test_train_sample_and_eval_on_a_colour_folder_from_the_command_line(tmp_path
 
 def test_fid_on_a_folder_needs_its_own_feature_network(tmp_path, cache, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    root = shapes_folder(tmp_path / "shapes", per_class=20)
+    root = shapes_folder(tmp_path / "shapes", per_class=40)
     out = tmp_path / "run"
     net = ["--channels", "8", "--channel-mult", "1,2", "--attention", "false"]
     code, _, err = run_cli("train", "flow", "--dataset", root, *net, "--max-steps", "1", "--batch-size", "8",
-                           "--out", out, "--final-eval", "skip")
+                           "--out", out, "--final-eval", "skip", "--image-size", "16")  # 16 x 16: a faster test
     assert code == 0, err
     code, _, err = run_cli("eval", out, "--fid", "--n", "20", "--steps", "2")
     assert_one_clear_error(code, err, "no feature network for data set", "genzoo features train")
-    code, printed, err = run_cli("features", "train", root, "--epochs", "3", "--max-shift", "0")
-    assert code == 0, err
+    small = ["--image-size", "16", "--max-shift", "0"]
     from genzoo import features
+    trained = features.train_classifier
+    monkeypatch.setattr(features, "train_classifier", lambda *a, **k: (trained(*a, **k)[0], 0.5))
+    code, _, err = run_cli("features", "train", root, "--epochs", "1", *small)
+    assert_one_clear_error(code, err, "50.0% test accuracy", "not twice chance (66.7%)", "nothing was written")
+    monkeypatch.setattr(features, "train_classifier", trained)
+    code, printed, err = run_cli("features", "train", root, "--epochs", "40", *small)  # 40 steps of 108 images
+    assert code == 0, err
     meta = features.metadata(str(root))
-    assert meta["image_shape"] == "3,32,32" and meta["classes"] == "3" and meta["n_reference"] == "3"
+    assert meta["image_shape"] == "3,16,16" and meta["classes"] == "3" and meta["n_reference"] == "6"
     code, printed, err = run_cli("eval", out, "--fid", "--n", "20", "--steps", "2")
     assert code == 0, err
     result = json.loads((out / "eval-fid.json").read_text())

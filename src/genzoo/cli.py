@@ -415,6 +415,11 @@ def cmd_features(args) -> int:
     start = time.time()
     net, accuracy = features.train_classifier(data, args.epochs, args.seed, max_shift=args.max_shift,
                                               flips=args.flips)
+    chance = 1 / len(data.classes)
+    if accuracy < 2 * chance:
+        raise ConfigError(f"the feature network reached {accuracy:.1%} test accuracy after {args.epochs} epochs, not "
+                          f"twice chance ({2 * chance:.1%}); FID/KID in its feature space would mean little, so "
+                          f"nothing was written: train longer (--epochs) or on more labelled images.")
     path = features.user_dir() / f"{features.feature_key(args.dataset)}.safetensors"
     features.save_feature_net(net, data, path, {
         "test_accuracy": f"{accuracy:.4f}", "epochs": str(args.epochs), "seed": str(args.seed),
