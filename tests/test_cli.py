@@ -46,7 +46,7 @@ def test_train_writes_a_complete_run_folder(trained):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["family"] == "vae" and config["model"]["latent_dim"] == 4 and config["train"]["subset"] == 512
-    assert (config["train"]["lr"], config["train"]["lr_schedule"]) == (2e-3, "cosine")  # the VAE's own defaults
+    assert (config["train"]["lr"], config["train"]["lr_schedule"]) == (1e-3, "cosine")  # the VAE's own defaults
     assert config["eval"]["iwae_k"] == 8
     summary = json.loads((run / "summary.json").read_text())
     assert summary["finished"] and summary["steps"] == 8 and summary["images_per_s"] > 0
