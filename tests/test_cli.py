@@ -115,6 +115,7 @@ def test_a_preset_sets_its_values_over_the_defaults_and_given_flags_win():
     (["eval", "RUN", "--iwae-k", "0"], "--iwae-k must be at least 1"),
     (["eval", "RUN", "--split", "dev"], "invalid choice: 'dev'"),
     (["train", "realnvp", "--preset", "huge"], "invalid choice: 'huge'"),
+    (["train", "vae", "--image-size", "32"], "--image-size applies to a folder of images; mnist has its own"),
     (["train", "realnvp", "--preset", "hour", "--resume", "--out", "RUN"], "--preset applies to a new run"),
 ])
 def test_bad_options_are_one_clear_sentence(run_cli, trained, args, fragment):

@@ -76,6 +76,11 @@ def new_config(family: str, model: dict | None = None, train: dict | None = None
     dataset = train.get("dataset", fam.train_defaults.get("dataset", TrainConfig().dataset))
     if is_folder_name(dataset):  # the images' shape and the folder's identity are fixed when the run is made
         train.update(folder_settings(dataset, train.get("image_channels", 0), train.get("image_size", 0)))
+    else:
+        for key in ("image_channels", "image_size"):
+            if train.get(key):
+                raise ConfigError(f"--{key.replace('_', '-')} applies to a folder of images; {dataset} has its "
+                                  f"own fixed shape.")
     return RunConfig(
         family=family,
         model=validate(fam.Config(**{**toy.get("model", {}), **(chosen.model if chosen else {}), **(model or {})}),
