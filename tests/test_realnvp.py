@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genzoo.errors import ConfigError
-from genzoo import runs, storage
+from genzoo import storage
 from genzoo.models.realnvp import (ActNorm, AffineCoupling, MultiScaleFlow, RealNVP, RealNVPConfig, checkerboard,
                                    inverse_logit_transform, logit_transform, squeeze, unsqueeze)
 
