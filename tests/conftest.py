@@ -1,5 +1,7 @@
 import contextlib
+import http.server
 import io
+import threading
 
 import pytest
 import torch
@@ -49,3 +51,35 @@ def assert_one_clear_error(code, err, *fragments):
     assert lines[0].startswith("genzoo: error: ")
     for frag in fragments:
         assert frag in lines[0], f"{frag!r} not in {lines[0]!r}"
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 for download tests: ``respond(path)`` gives the body of a GET, or None for 404.
+    ``requests`` lists the paths asked for; ``url`` is the server's root; ``close()`` stops it."""
+
+    def __init__(self, respond):
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                body = respond(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -3,15 +3,14 @@ server of an archive of the same format that the test makes."""
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import tarfile
-import threading
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import LocalServer
 from genzoo.data import cifar, datasets
 from genzoo.errors import DataError
 
@@ -41,37 +40,24 @@ def make_archive(seed=0) -> tuple[bytes, dict]:
 @pytest.fixture
 def served(tmp_path, monkeypatch):
     archive, truth = make_archive()
-    requests, state = [], {"tamper": False}
+    state = {"tamper": False}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            if not self.path.endswith("/cifar-10-binary.tar.gz"):
-                self.send_error(404)
-                return
-            body = archive[:-1] + bytes([archive[-1] ^ 1]) if state["tamper"] else archive
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    def respond(path):
+        if not path.endswith("/cifar-10-binary.tar.gz"):
+            return None
+        return archive[:-1] + bytes([archive[-1] ^ 1]) if state["tamper"] else archive
+    server = LocalServer(respond)
     spec = dataclasses.replace(cifar.CIFAR10, sha256=hashlib.sha256(archive).hexdigest(),
-                               mirrors=(f"http://127.0.0.1:{httpd.server_address[1]}/kriz/",))
+                               mirrors=(f"{server.url}/kriz/",))
     monkeypatch.setitem(datasets.ARCHIVE_DATASETS, "cifar10", spec)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("GENZOO_DATA", raising=False)
     monkeypatch.setattr(datasets, "search_dirs", lambda name: [tmp_path / "cache" / "genzoo" / name])
     datasets._load_archive.cache_clear()
-    yield {"truth": truth, "requests": requests, "state": state, "spec": spec,
+    yield {"truth": truth, "requests": server.requests, "state": state, "spec": spec,
            "folder": tmp_path / "cache" / "genzoo" / "cifar10"}
     datasets._load_archive.cache_clear()
-    httpd.shutdown()
-    httpd.server_close()
+    server.close()
 
 
 def test_the_archive_is_downloaded_verified_and_read_record_by_record(served):

@@ -3,13 +3,11 @@ every model that ships loading and sampling."""
 
 import functools
 import json
-import http.server
-import threading
 
 import pytest
 import torch
 
-from conftest import assert_one_clear_error, tiny_vae_config
+from conftest import LocalServer, assert_one_clear_error, tiny_vae_config
 from genzoo import runs, storage, zoo
 from genzoo.errors import ConfigError, RunError
 from genzoo.trainer import train_run
@@ -86,50 +84,28 @@ def test_zoo_models_work_from_the_cli_and_write_into_the_working_folder(root, ru
     assert code == 0 and "tiny-vae" in (tmp_path / "r.html").read_text()
 
 
-class _FileServer:
-    """Serves the files of one folder; 'tamper' changes a byte of what it sends."""
-
-    def __init__(self, folder):
-        self.requests, self.tamper = [], False
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append(self.path)
-                path = folder / self.path.rsplit("/", 1)[-1]
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                body = path.read_bytes()
-                if outer.tamper:
-                    body = body[:-1] + bytes([body[-1] ^ 1])
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/models/tiny-vae"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 def test_a_model_listed_with_a_url_is_fetched_verified_into_the_cache(root, tmp_path):
     served = tmp_path / "served"
     (root / "tiny-vae").rename(served)  # the package no longer holds it: only the URL does
-    server = _FileServer(served)
+    state = {"tamper": False}
+
+    def respond(path):
+        f = served / path.rsplit("/", 1)[-1]
+        if not f.is_file():
+            return None
+        body = f.read_bytes()
+        return body[:-1] + bytes([body[-1] ^ 1]) if state["tamper"] else body
+    server = LocalServer(respond)
     try:
         index = storage.read_json(root / zoo.INDEX)
-        index["models"]["tiny-vae"]["url"] = server.url
+        index["models"]["tiny-vae"]["url"] = server.url + "/models/tiny-vae"
         storage.write_json(root / zoo.INDEX, index)
-        server.tamper = True
+        state["tamper"] = True
         with pytest.raises(RunError, match="fails its SHA-256 check"):
             zoo.resolve("zoo:tiny-vae")
         cached = tmp_path / "cache" / "genzoo" / "zoo" / "tiny-vae"
         assert not any(cached.iterdir())  # nothing half-written, nothing unverified kept
-        server.tamper = False
+        state["tamper"] = False
         folder = zoo.resolve("zoo:tiny-vae")
         files = index["models"]["tiny-vae"]["files"]
         assert folder == cached and sorted(p.name for p in folder.iterdir()) == sorted(files)
@@ -137,8 +113,7 @@ def test_a_model_listed_with_a_url_is_fetched_verified_into_the_cache(root, tmp_
         runs.load_run("zoo:tiny-vae")
         assert len(server.requests) == n  # a complete, verified copy is not fetched again
     finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+        server.close()
 
 
 @functools.cache
