@@ -83,6 +83,7 @@ def test_list_names_families_kinds_and_datasets(run_cli):
     assert any(l.split()[:2] == ["vae", "bound"] for l in out.splitlines())
     assert "mnist" in out and "embedded" in out and "fashion-mnist" in out
     assert "--preset hour: 32-channel coupling nets for 8 epochs (cosine); test 1.570 bits/dim" in out
+    assert "grey and colour images of height and width divisible by 2^(scales - 1) (4 by default)" in out
 
 
 def test_a_preset_sets_its_values_over_the_defaults_and_given_flags_win():

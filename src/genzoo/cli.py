@@ -454,7 +454,8 @@ def cmd_list(args) -> int:
     print("families:")
     for name, family in FAMILIES.items():
         views = family.views_offered or f"'{family.view}'"
-        colour = "grey and colour images" if 3 in family.channels_supported else "grey images"
+        colour = ("grey and colour images" if 3 in family.channels_supported else "grey images") + \
+            f" of {family.sizes_supported}"
         print(f"  {name:<14} {family.kind.value:<13} {family.kind.description}; data view {views}; {colour}")
         if family.capabilities():
             print(f"  {'':<14} sample: {' '.join(family.capabilities())}")

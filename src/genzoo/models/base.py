@@ -69,6 +69,7 @@ class GenerativeModel(nn.Module):
     points_defaults: ClassVar[dict] = {}  # {"model": {...}, "train": {...}}: the defaults on 2-D toy data
     presets: ClassVar[dict[str, Preset]] = {}  # named recipes, for --preset
     channels_supported: ClassVar[tuple[int, ...]] = (1,)  # the image channel counts the family's networks take
+    sizes_supported: ClassVar[str] = "any size"  # the image sizes its networks take, for `genzoo list`
     # What the family can do besides sample(n), declared rather than probed (`genzoo list` shows it):
     sample_options: ClassVar[tuple[Option, ...]] = ()  # the keyword options of sample(), checked in one place
     can_complete: ClassVar[bool] = False  # complete(x, n): fill in the bottom of an image (autoregressive)

@@ -55,6 +55,7 @@ class EBMConfig:
 class EBM(ImagesOrPoints):
     family = "ebm"
     channels_supported = (1, 3)
+    sizes_supported = "height and width divisible by 4"
     kind = DensityKind.UNNORMALISED
     Config = EBMConfig
     sample_options = (LANGEVIN_STEPS,)

@@ -79,6 +79,7 @@ class GANConfig:
 class GAN(ImagesOrPoints):
     family = "gan"
     channels_supported = (1, 3)
+    sizes_supported = "height and width divisible by 4"
     kind = DensityKind.IMPLICIT
     Config = GANConfig
     sample_options = (TEMPERATURE,)

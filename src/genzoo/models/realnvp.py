@@ -254,6 +254,7 @@ class RealNVPConfig:
 class RealNVP(GenerativeModel):
     family = "realnvp"
     channels_supported = (1, 3)
+    sizes_supported = "height and width divisible by 2^(scales - 1) (4 by default)"
     kind = DensityKind.EXACT
     view = "uint8"
     Config = RealNVPConfig

@@ -43,6 +43,7 @@ class VAE(GenerativeModel):
     view = "binary"  # the Bernoulli likelihood's; a logistic-likelihood model uses the uint8 view (set per instance)
     views_offered = "'binary' (--likelihood bernoulli) or 'uint8' (--likelihood logistic)"
     channels_supported = (1, 3)
+    sizes_supported = "any size (--arch mlp); height and width divisible by 4 (--arch conv)"
     Config = VAEConfig
     importance_weighted = True
     # The chapter's run (10 epochs, latent 32) measured at a 3-minute budget (BENCHMARKS.md): hidden 768 with
