@@ -54,8 +54,9 @@ def assert_one_clear_error(code, err, *fragments):
 
 
 class LocalServer:
-    """An HTTP server on 127.0.0.1 for download tests: ``respond(path)`` gives the body of a GET, or None for 404.
-    ``requests`` lists the paths asked for; ``url`` is the server's root; ``close()`` stops it."""
+    """An HTTP server on 127.0.0.1 for download tests: ``respond(path)`` gives the body of a GET, None for 404, or
+    (body, n) to announce the whole body but send only its first n bytes (a transfer cut off). ``requests`` lists
+    the paths asked for; ``url`` is the server's root; ``close()`` stops it."""
 
     def __init__(self, respond):
         self.requests = []
@@ -68,10 +69,11 @@ class LocalServer:
                 if body is None:
                     self.send_error(404)
                     return
+                body, sent = body if isinstance(body, tuple) else (body, len(body))
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(body[:sent])
 
             def log_message(self, *args):
                 pass

@@ -2,14 +2,13 @@
 
 import gzip
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import LocalServer
 from genzoo.data import datasets as ds
 from genzoo.data.idx import encode_idx, read_idx
 from genzoo.data.views import batch_indices, binarize_fixed, dequantize, get_view
@@ -118,44 +117,19 @@ def _tiny_files():
     return raw, files
 
 
-class _Server:
-    """Serves /<mode>/<name>.gz: mode 'good', 'wrong' (other bytes), 'cut' (announces more than it sends)."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.requests = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append(self.path)
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 2 or not parts[1].endswith(".gz") or parts[1][:-3] not in outer.raw:
-                    self.send_error(404)
-                    return
-                mode, name = parts[0], parts[1][:-3]
-                body = gzip.compress(outer.raw[name] if mode != "wrong" else outer.raw[name][:-1] + b"\x07")
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if mode == "cut" else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
+    """Serves /<mode>/<name>.gz: mode 'good', 'wrong' (other bytes), 'cut' (announces more than it sends)."""
     raw, files = _tiny_files()
-    s = _Server(raw)
+
+    def respond(path):
+        parts = path.strip("/").split("/")
+        if len(parts) != 2 or not parts[1].endswith(".gz") or parts[1][:-3] not in raw:
+            return None
+        mode, name = parts[0], parts[1][:-3]
+        body = gzip.compress(raw[name] if mode != "wrong" else raw[name][:-1] + b"\x07")
+        return (body, len(body) // 2) if mode == "cut" else body
+    s = LocalServer(respond)
     s.spec = ds.DatasetSpec(name="tiny", title="tiny", files=files, classes=tuple("0123456789"), licence="test",
                             image_shape=(1, 2, 2), mirrors=(s.url + "/good/",))
     yield s

@@ -142,10 +142,6 @@ def run_argument(text: str) -> str | Path:
     return text if zoo.is_zoo(text) else Path(text)
 
 
-def run_folder(run: str | Path) -> Path:
-    return zoo.resolve(run)
-
-
 def output_path(run: str | Path, name: str) -> Path:
     """Where a command writes a result about ``run``: inside its folder, or for a zoo model (whose folder is part
     of the installation) in the working folder, prefixed with the model's name."""
@@ -388,7 +384,7 @@ def cmd_report(args) -> int:
         raise ConfigError(f"--out must name an .html file; got {args.out}.")
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: the folder {args.out.parent} does not exist.")
-    out = write_report([run_folder(r) for r in args.runs], args.out)
+    out = write_report([zoo.resolve(r) for r in args.runs], args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB, {len(args.runs)} run(s))")
     return 0
 
@@ -397,17 +393,13 @@ def cmd_features(args) -> int:
     import time
 
     from genzoo import features
-    from genzoo.data.datasets import folder_settings, load_dataset
+    from genzoo.data.datasets import load_dataset
 
     positive("--epochs", args.epochs)
     if args.dataset in features.FEATURE_DATASETS:
         raise ConfigError(f"genzoo ships the feature network of {args.dataset}; scripts/train_feature_nets.py "
                           f"retrains it for the package.")
-    shape = {}
-    if is_folder_name(args.dataset):
-        settings = folder_settings(args.dataset, args.image_channels, args.image_size)
-        shape = {"channels": settings["image_channels"], "image_size": settings["image_size"]}
-    data = load_dataset(args.dataset, **shape)
+    data = load_dataset(args.dataset, channels=args.image_channels, image_size=args.image_size)  # (folders only)
     if len(data.classes) < 2:
         raise ConfigError(f"{args.dataset} has no class subfolders, so no feature network can be trained on it, and "
                           f"FID/KID are not available for it (a network of another domain would score in a foreign "

@@ -63,17 +63,16 @@ def weights_path(dataset: str) -> Path:
 
 
 @functools.cache
-def _load_path(path: Path) -> tuple[SmallCNN, dict[str, torch.Tensor], dict[str, str]]:
+def _load(dataset: str) -> tuple[SmallCNN, dict[str, torch.Tensor], dict[str, str]]:
+    """The data set's feature network, its reference statistics and metadata, read once per process (for a folder,
+    finding the file walks the folder for its digest)."""
+    path = weights_path(dataset)
     tensors, meta = storage.load_tensors(path)
     net = SmallCNN(in_channels=int(meta.get("in_channels", 1)), classes=int(meta.get("classes", 10)),
                    dropout=DROPOUT)
     storage.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
     net.eval().requires_grad_(False)
     return net, {k: v for k, v in tensors.items() if k.startswith("ref.")}, meta
-
-
-def _load(dataset: str) -> tuple[SmallCNN, dict[str, torch.Tensor], dict[str, str]]:
-    return _load_path(weights_path(dataset))
 
 
 def feature_net(dataset: str) -> SmallCNN:
@@ -127,7 +126,7 @@ def feature_data(dataset: str) -> ImageDataset:
     from genzoo.data import load_dataset
 
     c, h, _ = image_shape(dataset)
-    return load_dataset(dataset, channels=c, image_size=h) if is_folder_name(dataset) else load_dataset(dataset)
+    return load_dataset(dataset, channels=c, image_size=h)  # (the shape applies to folders only)
 
 
 def reference_images(data: ImageDataset, view: str, split: str = "test", n: int | None = None) -> torch.Tensor:
@@ -205,5 +204,5 @@ def save_feature_net(net: SmallCNN, data: ImageDataset, path: Path, meta: dict[s
             "classes": str(net.head.out_features), "image_shape": ",".join(map(str, data.image_shape))}
     path.parent.mkdir(parents=True, exist_ok=True)
     storage.save_tensors(path, tensors, metadata=meta)
-    _load_path.cache_clear()
+    _load.cache_clear()
     reference_features.cache_clear()

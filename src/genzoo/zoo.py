@@ -64,10 +64,11 @@ def resolve(name: str | Path, root: Path | None = None, timeout: float = 60.0) -
     cache first when the index gives it a URL and no complete copy is at hand)."""
     if not is_zoo(name):
         return Path(name)
+    root = root or ROOT
     short = str(name).removeprefix(PREFIX)
     info = entry(short, root)
     files = info["files"]
-    for base, remedy in (((root or ROOT), "reinstall genzoo"), (cache_root(), "delete it to fetch it again")):
+    for base, remedy in ((root, "reinstall genzoo"), (cache_root(), "delete it to fetch it again")):
         folder = base / short
         if all((folder / f).is_file() for f in files):
             for f, sha256 in files.items():
@@ -76,7 +77,7 @@ def resolve(name: str | Path, root: Path | None = None, timeout: float = 60.0) -
                     raise RunError(f"zoo:{short}: {folder / f} {wrong}: the file is damaged or was replaced; {remedy}.")
             return folder
     if not info.get("url"):
-        raise RunError(f"zoo:{short} is listed but its files are not in this installation ({(root or ROOT) / short}); "
+        raise RunError(f"zoo:{short} is listed but its files are not in this installation ({root / short}); "
                        f"reinstall genzoo.")
     folder = cache_root() / short
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def resolve(name: str | Path, root: Path | None = None, timeout: float = 60.0) -
         if target.is_file() and sha256_problem(target, sha256) is None:
             continue
         fetch_verified(info["url"].rstrip("/") + "/" + f, target, lambda tmp, s=sha256: sha256_problem(tmp, s),
-                               timeout, RunError)
+                       timeout, RunError)
     return folder
 
 

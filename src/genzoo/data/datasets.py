@@ -260,11 +260,11 @@ def is_folder_name(name: str) -> bool:
     return "/" in name or os.sep in name or Path(name).is_dir()
 
 
-def folder_settings(name: str, channels: int = 0, image_size: int = 0) -> dict:
+def folder_settings(name: str, channels: int = 0, image_size: int = 0, listing=None) -> dict:
     """The settings a new run on a folder records: channels and size resolved (from the images' headers when 0),
-    and the digest of the file list."""
+    and the digest of the file list (``listing``: the folder's ``folder.list_folder``, when already at hand)."""
     from genzoo.data.folder import image_channels, list_folder
-    listing = list_folder(name)
+    listing = listing or list_folder(name)
     channels = channels or image_channels(listing)
     return {"image_channels": channels, "image_size": image_size or (32 if channels == 3 else 28),
             "data_digest": listing.digest}
@@ -283,14 +283,15 @@ def _load_archive(name: str, download_missing: bool) -> ImageDataset:
     path = locate_archive(spec)
     where = str(path.parent) if path else ""
     if path is None:
-        looked = ", ".join(str(d) for d in search_dirs(spec.name))
+        missing = (f"dataset '{name}' was not found (looked for {spec.archive} in "
+                   f"{', '.join(str(d) for d in search_dirs(spec.name))})")
         if not download_missing:
-            raise DataError(f"dataset '{name}' was not found (looked for {spec.archive} in {looked}).")
+            raise DataError(f"{missing}.")
         try:
             path = download_archive(spec, cache_dir() / spec.name)
         except DataError as e:
-            raise DataError(f"dataset '{name}' was not found (looked for {spec.archive} in {looked}) and could not "
-                            f"be downloaded ({e}); put the file in one of those folders, or set GENZOO_DATA.") from None
+            raise DataError(f"{missing} and could not be downloaded ({e}); put the file in one of those folders, "
+                            f"or set GENZOO_DATA.") from None
         where = f"downloaded to {path.parent}"
     parts = read_archive(path, spec)
     (train_x, train_y), (test_x, test_y) = parts["train"], parts["test"]
@@ -308,8 +309,7 @@ def _load_folder(name: str, channels: int, image_size: int, digest: str) -> Imag
     if digest and listing.digest != digest:
         raise DataError(f"the folder {name} has changed since the run was made (its file list no longer matches the "
                         f"digest in config.json); restore it, or train a new run on it.")
-    settings = folder_settings(name, channels, image_size) if not (channels and image_size) else \
-        {"image_channels": channels, "image_size": image_size}
+    settings = folder_settings(name, channels, image_size, listing)
     images, labels = read_images(listing, settings["image_channels"], settings["image_size"], cache_dir(),
                                  progress=sys.stderr.isatty())
     parts = {k: Split(images[idx], labels[idx]) for k, idx in split_indices(len(images)).items()}

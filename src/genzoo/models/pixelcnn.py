@@ -112,20 +112,14 @@ class PixelCNN(GenerativeModel):
         for i in range(first_row, h):
             context = self.net.context(self.to_net_input(x[:, :, :i]), w)  # the rows above, once per row
             for j in range(w):
-                # grey: the pixel in one pass; colour: one pass per subpixel, R before G before B
-                for colour in range(c) if c > 1 else [None]:
+                for colour in range(c):  # one pass per subpixel: R before G before B
                     logits = self.net.row(self.to_net_input(x[:, :, i:i + 1]), context)[..., 0, j] / temperature
-                    if self.cfg.head == "bernoulli":  # logits (N, C)
+                    if self.cfg.head == "bernoulli":  # logits (N, 1): grey only
                         u = torch.rand(logits.shape, generator=generator, device=x.device)
                         x[:, :, i, j] = (u < torch.sigmoid(logits)).to(x.dtype)
-                        continue
-                    probs = torch.softmax(logits.reshape(n, 256, c).transpose(1, 2), dim=-1)  # (N, C, 256)
-                    if colour is None:
-                        x[:, :, i, j] = torch.multinomial(probs.reshape(-1, 256), 1, generator=generator).reshape(
-                            n, c).to(x.dtype)
-                    else:
-                        x[:, colour, i, j] = torch.multinomial(probs[:, colour], 1, generator=generator)[:, 0].to(
-                            x.dtype)
+                    else:  # logits (N, 256 * C), channel-minor as in ``logits``
+                        probs = torch.softmax(logits.reshape(n, 256, c)[:, :, colour], dim=-1)
+                        x[:, colour, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0].to(x.dtype)
                 bar.update(1)
         bar.close()
         return x
