@@ -68,6 +68,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=6000)
     p.add_argument("--family", default="flow")
     p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--epochs", type=int, default=1000, help="passes over the folder (default: so many that the "
+                   "time limit ends the training)")
     p.add_argument("--feature-epochs", type=int, default=5)
     p.add_argument("--fid-n", type=int, default=2000)
     p.add_argument("--threads", type=int, default=0)
@@ -85,6 +87,7 @@ def main() -> int:
     run = out / args.family
     resume = ["--resume"] if (run / "checkpoint.safetensors").is_file() else []
     genzoo("train", args.family, "--dataset", str(folder), "--time-limit", str(args.minutes), "--out", str(run),
+           "--epochs", str(args.epochs),
            "--final-eval", "quick", *resume)
     genzoo("eval", str(run), "--fid", "--n", str(args.fid_n))
     summary = json.loads((run / "summary.json").read_text())

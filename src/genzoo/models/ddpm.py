@@ -374,7 +374,7 @@ class DDPM(GenerativeModel):
     presets = {"min-snr": Preset(
         "eps-prediction with the min-SNR-5 loss weighting (Hang et al. 2023)",
         "FID 339 against 444 for the defaults after the same 300 steps of 128 images (1,000 samples, DPM-Solver++(2M) "
-        "20 steps; AMD EPYC, one thread); benchmarks/diffusion_recipes.py, BENCHMARKS.md",
+        "20 steps; AMD EPYC, one thread); benchmarks/recipes.py, BENCHMARKS.md",
         model={"min_snr_gamma": 5.0})}
     # The bound costs T network evaluations per image, so it is computed on the first N test images, N stated with
     # every figure.

@@ -1,18 +1,19 @@
-"""Benchmark: training recipes of the diffusion and flow families side by side at one fixed CPU budget.
+"""Benchmark: training recipes of one family group side by side at one fixed CPU budget.
 
-    python benchmarks/diffusion_recipes.py --images 38400 --fid-n 1000 --threads 1
-    python benchmarks/diffusion_recipes.py --images 256 --fid-n 100 --tag smoke --variants flow ddpm-v
+    python benchmarks/recipes.py --study diffusion --images 38400 --fid-n 1000 --threads 1
+    python benchmarks/recipes.py --study gan --images 76800 --fid-n 2000 --threads 1
+    python benchmarks/recipes.py --images 256 --fid-n 100 --tag smoke --variants flow ddpm-v
 
-Each variant is a family and a few settings changed from its defaults (RECIPES below, or NAME=FAMILY:key=value,...
-on the command line). Every variant trains on the same number of training images (--images; steps = images /
-batch size) from the same seed: with one network for all, that is the same CPU work, and unlike a time limit it
-does not depend on what else the shared machine runs. A constant learning rate after the warm-up, and the EMA
-with warm-up. Then each draws --fid-n samples with its family's 20-evaluation solver (ddpm: DPM-Solver++(2M), 20
-steps; flow: Heun, 10 steps = 19 evaluations) and is scored by FID/KID in genzoo's feature space (float
-reference).
+Each variant is a family and a few settings changed from its defaults (STUDIES below, or NAME=FAMILY:key=value,...
+on the command line). Every variant of a study trains on the same number of training images (--images; steps =
+images / batch size) from the same seed: with one network for all, that is the same CPU work, and unlike a time
+limit it does not depend on what else the shared machine runs. A constant learning rate after the warm-up (if the
+family has one), and the EMA with warm-up where a variant has one. Then each draws --fid-n samples (the
+diffusion families with their ~20-evaluation solver: ddpm DPM-Solver++(2M), 20 steps; flow Heun, 10 steps = 19
+evaluations; a GAN in one pass) and is scored by FID/KID in genzoo's feature space (float reference).
 
-Resumable: each variant's figures go to benchmarks/results/diffusion_recipes[-TAG].json as it finishes and a
-variant already there is skipped; the runs live in benchmarks/results/diffusion_recipes[-TAG]/.
+Resumable: each variant's figures go to benchmarks/results/STUDY_recipes[-TAG].json as it finishes and a variant
+already there is skipped; the runs live in benchmarks/results/STUDY_recipes[-TAG]/.
 """
 
 from __future__ import annotations
@@ -35,25 +36,35 @@ from genzoo.trainer import train_run  # noqa: E402
 
 HERE = Path(__file__).parent
 SOLVER = {"ddpm": {"sampler": "dpm++2m", "steps": 20}, "flow": {"sampler": "heun", "steps": 10}}
-RECIPES = {  # name: (family, settings changed from the family's defaults)
-    "ddpm-eps": ("ddpm", {}),
-    "ddpm-v": ("ddpm", {"pred": "v"}),
-    "ddpm-eps-minsnr5": ("ddpm", {"min_snr_gamma": 5.0}),
-    "flow": ("flow", {}),
-    "flow-logitnormal": ("flow", {"time_sampling": "logit-normal"}),
-    "flow-lr3e-3": ("flow", {"lr": 3e-3}),
-    "flow-batch64": ("flow", {"batch_size": 64}),
-    # diffusers' UNet2DModel (about the same parameter count) + DDPMScheduler, trained like ddpm-eps (Adam 1e-3,
-    # 200 warm-up steps, clipping at 1, the same EMA) and sampled with its DPM-Solver++(2M), 20 steps
-    "diffusers": ("diffusers", {}),
+STUDIES = {  # study: {name: (family, settings changed from the family's defaults)}
+    "diffusion": {
+        "ddpm-eps": ("ddpm", {}),
+        "ddpm-v": ("ddpm", {"pred": "v"}),
+        "ddpm-eps-minsnr5": ("ddpm", {"min_snr_gamma": 5.0}),
+        "flow": ("flow", {}),
+        "flow-logitnormal": ("flow", {"time_sampling": "logit-normal"}),
+        "flow-lr3e-3": ("flow", {"lr": 3e-3}),
+        "flow-batch64": ("flow", {"batch_size": 64}),
+        # diffusers' UNet2DModel (about the same parameter count) + DDPMScheduler, trained like ddpm-eps (Adam 1e-3,
+        # 200 warm-up steps, clipping at 1, the same EMA) and sampled with its DPM-Solver++(2M), 20 steps
+        "diffusers": ("diffusers", {}),
+    },
+    # the GAN recipes of the zoo issue: an EMA of the weights (the generator's is what samples; Karras et al. 2018,
+    # Brock et al. 2019), the hinge loss with spectral normalisation in the discriminator (Miyato et al. 2018)
+    "gan": {
+        "gan": ("gan", {}),
+        "gan-ema": ("gan", {"ema_decay": 0.999}),
+        "gan-hinge-sn": ("gan", {"loss": "hinge", "spectral_norm": True}),
+        "gan-hinge-sn-ema": ("gan", {"loss": "hinge", "spectral_norm": True, "ema_decay": 0.999}),
+    },
 }
 TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 
 
-def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
-    """NAME (one of RECIPES) or NAME=FAMILY:key=value,key=value (values as JSON numbers or strings)."""
+def parse_variant(text: str, recipes: dict) -> tuple[str, tuple[str, dict]]:
+    """NAME (one of the study's recipes) or NAME=FAMILY:key=value,key=value (values as JSON numbers or strings)."""
     if "=" not in text.partition(":")[0]:
-        return text, RECIPES[text]
+        return text, recipes[text]
     name, _, spec = text.partition("=")
     family, _, settings = spec.partition(":")
     changes = {}
@@ -125,8 +136,9 @@ def run_diffusers(args, data, log) -> dict:
 def run_variant(name: str, family: str, changes: dict, args, data, log) -> dict:
     if family == "diffusers":
         return run_diffusers(args, data, log)
-    folder = HERE / "results" / f"diffusion_recipes{args.tag}" / name
+    folder = HERE / "results" / f"{args.study}_recipes{args.tag}" / name
     train = {"epochs": 100, "lr_schedule": "constant", "final_eval": "skip",
+             **({"ema_warmup": True} if changes.get("ema_decay") else {}),
              **{k: v for k, v in changes.items() if k in TRAIN_KEYS}}
     model = {k: v for k, v in changes.items() if k not in TRAIN_KEYS}
     steps = args.images // train.get("batch_size", runs.new_config(family).train.batch_size)
@@ -135,7 +147,7 @@ def run_variant(name: str, family: str, changes: dict, args, data, log) -> dict:
            else runs.new_config(family, model=model, train={**train, "max_steps": steps}))
     summary = train_run(cfg, folder, resume=resume, log=log)
     run = runs.load_run(folder)
-    solver = SOLVER[family]
+    solver = SOLVER.get(family, {})
     samples, rate = draw_samples(run.model, args.fid_n, torch.device("cpu"), 500, False, **solver)
     scores = score_images(samples, data.name, "float", 500)
     log(f"{name}: {summary['steps']} steps, FID {scores['fid']:.2f}")
@@ -147,7 +159,8 @@ def run_variant(name: str, family: str, changes: dict, args, data, log) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=list(RECIPES))
+    p.add_argument("--study", choices=list(STUDIES), default="diffusion")
+    p.add_argument("--variants", nargs="+", default=None, help="default: every recipe of the study")
     p.add_argument("--images", type=int, default=38_400, help="training images of every variant (300 steps of 128)")
     p.add_argument("--fid-n", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0)
@@ -156,14 +169,15 @@ def main() -> int:
     args.tag = f"-{args.tag}" if args.tag else ""
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = HERE / "results" / f"diffusion_recipes{args.tag}.json"
+    recipes = STUDIES[args.study]
+    path = HERE / "results" / f"{args.study}_recipes{args.tag}.json"
     result = storage.read_json(path) if path.is_file() else {}
-    result.update({"benchmark": "diffusion_recipes", "machine": machine(), "images": args.images,
-                   "fid_n": args.fid_n, "command": "python benchmarks/diffusion_recipes.py " + " ".join(sys.argv[1:])})
+    result.update({"benchmark": f"{args.study}_recipes", "machine": machine(), "images": args.images,
+                   "fid_n": args.fid_n, "command": "python benchmarks/recipes.py " + " ".join(sys.argv[1:])})
     data = load_dataset("mnist")
     variants = result.setdefault("variants", {})
-    for text in args.variants:
-        name, (family, changes) = parse_variant(text)
+    for text in args.variants or list(recipes):
+        name, (family, changes) = parse_variant(text, recipes)
         if name not in variants:
             variants[name] = run_variant(name, family, changes, args, data, print)
             storage.write_json(path, result)
