@@ -107,6 +107,27 @@ class ReplayModel(torch.nn.Module):
         self.cursor += n
         return out
 
+    def scoring_labels(self, n, device):
+        return None
+
+
+class ClassReplayModel(ReplayModel):
+    """A class-conditional stand-in: sample(n, y) gives test images of the classes y; without labels, only zeros."""
+
+    def __init__(self, data, scoring_labels):
+        super().__init__(None)
+        self.data, self.labels = data, scoring_labels
+
+    def sample(self, n, generator=None, y=None):
+        y = torch.zeros(n, dtype=torch.long) if y is None else y
+        pools = {int(c): self.data.test.images[self.data.test.labels == c] for c in y.unique()}
+        picks = [pools[int(c)][(self.cursor + i) % len(pools[int(c)])] for i, c in enumerate(y)]
+        self.cursor += n
+        return torch.stack(picks).float() / 255
+
+    def scoring_labels(self, n, device):
+        return self.labels(n, device)
+
 
 def test_sample_quality_is_independent_of_the_batch_size_and_states_its_sample_count(mnist):
     images = mnist.train.images[:1000].float() / 255
@@ -115,6 +136,23 @@ def test_sample_quality_is_independent_of_the_batch_size_and_states_its_sample_c
     assert a["fid"] == pytest.approx(b["fid"], rel=1e-9)
     assert a["kid"] == pytest.approx(b["kid"], rel=1e-9)
     assert a["n_samples"] == 1000 and "10000 images" in a["reference"] and "float view" in a["reference"]
+
+
+def test_a_class_conditional_model_is_scored_on_every_class_in_turn(mnist):
+    from genzoo.models.flow import Flow, FlowConfig
+    cond = Flow(FlowConfig(channels=8, channel_mult="1,2", class_cond=True, num_classes=3), (1, 28, 28))
+    assert cond.scoring_labels(7, torch.device("cpu")).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert Flow(FlowConfig(channels=8, channel_mult="1,2"), (1, 28, 28)).scoring_labels(7, torch.device("cpu")) is None
+    from genzoo.models.denoising import balanced_labels
+    ten = FlowConfig(class_cond=True)  # the ten digits
+    balanced = sample_quality(ClassReplayModel(mnist, lambda n, device: balanced_labels(ten, n, device)), mnist, n=1000)
+    assert balanced["labels"] == "the 10 classes in turn" and "y" not in balanced["sampler"]
+    one = sample_quality(ClassReplayModel(mnist, lambda n, device: None), mnist, n=1000)  # as if unconditional
+    assert "labels" not in one
+    assert balanced["fid"] < 30 < 200 < one["fid"]  # real digits of every class, against zeros only
+    chosen = sample_quality(ClassReplayModel(mnist, lambda n, device: torch.arange(n) % 10), mnist, n=1000,
+                            y=torch.full((1000,), 3))
+    assert chosen["sampler"] == {"y": 3} and "labels" not in chosen and chosen["fid"] > 200  # --class 3: threes
 
 
 def test_binary_families_are_compared_with_the_binarised_test_split(mnist):

@@ -159,6 +159,30 @@ def test_train_sample_and_eval_on_a_colour_folder_from_the_command_line(tmp_path
     assert_one_clear_error(code, err, "has changed since the run was made")
 
 
+def test_class_conditional_training_takes_the_folders_classes(tmp_path, cache, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = shapes_folder(tmp_path / "shapes", per_class=4)
+    net = ["--channels", "8", "--channel-mult", "1,2", "--attention", "false", "--image-size", "16"]
+    code, _, err = run_cli("train", "ddpm", "--dataset", root, *net, "--class-cond", "true", "--max-steps", "2",
+                           "--batch-size", "8", "--out", tmp_path / "run", "--final-eval", "skip")
+    assert code == 0, err
+    from genzoo import runs
+    run = runs.load_run(tmp_path / "run")
+    assert run.config.model.num_classes == 3 and run.model.net.class_emb.num_embeddings == 4  # 3 classes + none
+    code, _, err = run_cli("sample", tmp_path / "run", "--class", "2", "--n", "2", "--steps", "2")
+    assert code == 0, err
+    code, _, err = run_cli("sample", tmp_path / "run", "--class", "3", "--n", "2", "--steps", "2")
+    assert_one_clear_error(code, err, "--class must be between 0 and 2")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(flat / f"{i}.png")
+    code, _, err = run_cli("train", "flow", "--dataset", flat, *net, "--class-cond", "true", "--max-steps", "1",
+                           "--out", tmp_path / "flat-run")
+    assert_one_clear_error(code, err, "--class-cond needs labelled images", "has no class subfolders")
+    assert not (tmp_path / "flat-run").exists()
+
+
 def test_fid_on_a_folder_needs_its_own_feature_network(tmp_path, cache, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = shapes_folder(tmp_path / "shapes", per_class=40)

@@ -342,7 +342,8 @@ def format_quality(result: dict) -> str:
         f"  FID {result['fid']:10.3f}",
         f"  KID {result['kid']:10.4g}  (± {result['kid_stderr']:.2g} s.e., {result['kid_blocks']} blocks of "
         f"{result['kid_block_size']})",
-        f"  against the {result['reference']}; features: {result['feature_net']}"])
+        f"  against the {result['reference']}; features: {result['feature_net']}"]
+        + ([f"  class-conditional samples: {result['labels']}"] if "labels" in result else []))
 
 
 def cmd_bench(args) -> int:

@@ -26,7 +26,8 @@ import torch
 
 from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict, validate
-from genzoo.data.datasets import data_shape, folder_settings, is_folder_name, load_dataset
+from genzoo.data.datasets import class_count, data_shape, folder_settings, is_folder_name, load_dataset
+from genzoo.data.folder import list_folder
 from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError, RunError
 from genzoo import zoo
@@ -74,17 +75,26 @@ def new_config(family: str, model: dict | None = None, train: dict | None = None
         raise ConfigError(f"the {family} family has no preset '{preset}'; its presets: {have}.")
     chosen = fam.presets[preset] if preset is not None else None
     dataset = train.get("dataset", fam.train_defaults.get("dataset", TrainConfig().dataset))
+    listing = None
     if is_folder_name(dataset):  # the images' shape and the folder's identity are fixed when the run is made
-        train.update(folder_settings(dataset, train.get("image_channels", 0), train.get("image_size", 0)))
+        listing = list_folder(dataset)
+        train.update(folder_settings(dataset, train.get("image_channels", 0), train.get("image_size", 0), listing))
     else:
         for key in ("image_channels", "image_size"):
             if train.get(key):
                 raise ConfigError(f"--{key.replace('_', '-')} applies to a folder of images; {dataset} has its "
                                   f"own fixed shape.")
+    model_cfg = validate(fam.Config(**{**toy.get("model", {}), **(chosen.model if chosen else {}), **(model or {})}),
+                         prefix="--")
+    if fam.class_conditional:  # the label set is the data's, recorded with the run
+        classes = class_count(dataset, listing)
+        if model_cfg.class_cond and not classes:
+            raise ConfigError(f"--class-cond needs labelled images: {dataset} has no class subfolders (put the "
+                              f"images of each class in a subfolder of their own).")
+        model_cfg = dataclasses.replace(model_cfg, num_classes=classes or model_cfg.num_classes)
     return RunConfig(
         family=family,
-        model=validate(fam.Config(**{**toy.get("model", {}), **(chosen.model if chosen else {}), **(model or {})}),
-                       prefix="--"),
+        model=model_cfg,
         train=validate(TrainConfig(**{**fam.train_defaults, **toy.get("train", {}), **(chosen.train if chosen else {}),
                                       **train}), prefix="--"),
         eval=validate(EvalConfig(**{**fam.final_eval_defaults, **(eval or {})}), prefix="--eval-"))

@@ -270,6 +270,20 @@ def folder_settings(name: str, channels: int = 0, image_size: int = 0, listing=N
             "data_digest": listing.digest}
 
 
+def class_count(name: str, listing=None) -> int:
+    """How many classes the labels of a data set have: 0 for 2-D points and for a folder without class subfolders
+    (``listing``: the folder's ``folder.list_folder``, when already at hand)."""
+    from genzoo.data.toy import TOY_DATASETS
+    if name in DATASETS:
+        return len(DATASETS[name].classes)
+    if name in ARCHIVE_DATASETS:
+        return len(ARCHIVE_DATASETS[name].classes)
+    if name in TOY_DATASETS:
+        return 0
+    from genzoo.data.folder import list_folder
+    return len((listing or list_folder(name)).classes)
+
+
 def locate_archive(spec: ArchiveSpec) -> Path | None:
     for directory in search_dirs(spec.name):
         if (directory / spec.archive).is_file():

@@ -130,6 +130,11 @@ class GenerativeModel(nn.Module):
         """Keyword options of ``log_prob`` taken from an EvalConfig (the flow's ODE steps and probes)."""
         return {}
 
+    def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
+        """The labels that n samples scored by FID/KID are drawn with: None (unconditional) unless the run is
+        class-conditional, which is scored on its conditional model, every class in turn."""
+        return None
+
     def check_sample_options(self, **given) -> None:
         """Refuse a sampler option this family does not declare, or a value out of its range (None = not given)."""
         check_options(f"the {self.family} family's sampler", self.sample_options,

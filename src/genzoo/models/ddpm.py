@@ -24,8 +24,8 @@ from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel, Preset
-from genzoo.models.denoising import (NUM_CLASSES, DenoiserConfig, build_unet, check_labels, dequantised_log_prob,
-                                     drop_labels, guided, to_image, to_model_space)
+from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
+                                     dequantised_log_prob, drop_labels, guided, to_image, to_model_space)
 from genzoo.options import GUIDANCE, LABEL
 from genzoo.samplers import CLIP, DIFFUSION_SAMPLERS, ETA, SPACING, STEPS, get_sampler, sampler_choice
 
@@ -381,7 +381,6 @@ class DDPM(GenerativeModel):
     eval_defaults = {"n": 500}
     final_eval_defaults = {"n": 100}
     quick_eval = None  # the bound costs T network evaluations per image: a short run skips it
-    num_classes = NUM_CLASSES
 
     def __init__(self, cfg: DDPMConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
@@ -442,9 +441,12 @@ class DDPM(GenerativeModel):
         tau = timestep_subsequence(self.diffusion.timesteps, steps, spacing)
         return self.diffusion.ddim_invert(self.model_fn(), self.to_model_space(x), tau, progress)
 
+    def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
+        return balanced_labels(self.cfg, n, device)
+
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
-        y = torch.arange(10, device=x.device).repeat_interleave(10) if self.cfg.class_cond else None
+        y = class_rows(self.cfg, x.device)
         trajectory: list = []
         samples = self.sample(100, generator, sampler="dpm++2m" if quick else "ddim", y=y,
                               guidance=2.0 if y is not None else 1.0, trajectory=trajectory,

@@ -12,9 +12,6 @@ from genzoo.config import option
 from genzoo.data.views import dequantize
 from genzoo.nets.unet import UNet
 
-NUM_CLASSES = 10  # the label set of the data sets genzoo ships; label NUM_CLASSES means "no label"
-
-
 def _check_channel_mult(value: str) -> str | None:
     try:
         mult = [int(v) for v in value.split(",")]
@@ -38,12 +35,15 @@ class DenoiserConfig:
     dropout: float = option(0.0, "dropout in the residual blocks", min=0.0, lt=1.0)
     class_cond: bool = option(False, "condition on the class label (classifier-free guidance)")
     p_uncond: float = option(0.1, "probability of dropping the label in training (with --class-cond)", min=0.0, max=1.0)
+    # labels are 0..num_classes-1, and num_classes itself means "no label" (the unconditional model)
+    num_classes: int = option(10, "classes of the data set's labels, recorded when the run is made", min=1,
+                              flag=False)
 
 
 def build_unet(cfg: DenoiserConfig, image_shape: tuple[int, int, int]) -> UNet:
     return UNet(in_channels=image_shape[0], channels=cfg.channels,
                 channel_mult=tuple(int(v) for v in cfg.channel_mult.split(",")), num_res_blocks=cfg.res_blocks,
-                attention=cfg.attention, dropout=cfg.dropout, num_classes=NUM_CLASSES if cfg.class_cond else 0,
+                attention=cfg.attention, dropout=cfg.dropout, num_classes=cfg.num_classes if cfg.class_cond else 0,
                 resample_conv=cfg.resample_conv)
 
 
@@ -53,7 +53,7 @@ def drop_labels(cfg: DenoiserConfig, y: torch.Tensor | None, generator: torch.Ge
     if not cfg.class_cond or y is None:
         return None
     drop = torch.rand(y.shape, device=y.device, generator=generator) < cfg.p_uncond
-    return torch.where(drop, torch.full_like(y, NUM_CLASSES), y)
+    return torch.where(drop, torch.full_like(y, cfg.num_classes), y)
 
 
 def guided(net, y: torch.Tensor | None, guidance: float, time_scale: float = 1.0):
@@ -67,7 +67,7 @@ def guided(net, y: torch.Tensor | None, guidance: float, time_scale: float = 1.0
         return lambda xt, t: net(xt, scaled(t), y)
 
     def fn(xt, t):
-        both = net(torch.cat([xt, xt]), scaled(torch.cat([t, t])), torch.cat([torch.full_like(y, NUM_CLASSES), y]))
+        both = net(torch.cat([xt, xt]), scaled(torch.cat([t, t])), torch.cat([torch.full_like(y, net.num_classes), y]))
         uncond, cond = both.chunk(2)
         return uncond + guidance * (cond - uncond)
     return fn
@@ -95,5 +95,21 @@ def check_labels(cfg: DenoiserConfig, y: torch.Tensor | None) -> None:
     from genzoo.errors import ConfigError
     if y is not None and not cfg.class_cond:
         raise ConfigError("this run was not trained with --class-cond, so it cannot sample a chosen class.")
-    if y is not None and not (0 <= int(y.min()) and int(y.max()) < NUM_CLASSES):
-        raise ConfigError(f"--class must be between 0 and {NUM_CLASSES - 1}.")
+    if y is not None and not (0 <= int(y.min()) and int(y.max()) < cfg.num_classes):
+        raise ConfigError(f"--class must be between 0 and {cfg.num_classes - 1}.")
+
+
+def class_rows(cfg: DenoiserConfig, device: torch.device) -> torch.Tensor | None:
+    """The labels of a 10 x 10 picture of a class-conditional run: a class per row (the first ten classes, or the
+    classes in turn when there are fewer); None for an unconditional run."""
+    if not cfg.class_cond:
+        return None
+    return torch.arange(10, device=device).repeat_interleave(10) % cfg.num_classes
+
+
+def balanced_labels(cfg: DenoiserConfig, n: int, device: torch.device) -> torch.Tensor | None:
+    """Labels for scoring n samples of a class-conditional run: every class in turn, as evenly as n allows (the
+    classes of the test split are near balanced in every data set genzoo ships); None for an unconditional run."""
+    if not cfg.class_cond:
+        return None
+    return torch.arange(n, device=device) % cfg.num_classes

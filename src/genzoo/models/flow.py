@@ -27,8 +27,8 @@ from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel
-from genzoo.models.denoising import (NUM_CLASSES, DenoiserConfig, build_unet, check_labels, dequantised_log_prob,
-                                     drop_labels, guided, to_image, to_model_space)
+from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
+                                     dequantised_log_prob, drop_labels, guided, to_image, to_model_space)
 from genzoo.options import GUIDANCE, LABEL
 from genzoo.samplers import FLOW_SAMPLERS, STEPS, get_sampler, sampler_choice
 
@@ -98,7 +98,6 @@ class Flow(GenerativeModel):
     quick_eval = {"n": 8, "ode_steps": 8}
     nll_estimator = ("probability-flow ODE (RK4) with uniform dequantisation, one draw per image: an upper bound "
                      "on the NLL of the 8-bit data, up to the solver's error")
-    num_classes = NUM_CLASSES
 
     def __init__(self, cfg: FlowConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
@@ -150,9 +149,12 @@ class Flow(GenerativeModel):
         x = chosen(self.process, self.model_fn(y, guidance), noise, generator, progress, trajectory, **options)
         return self.to_image(x)
 
+    def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
+        return balanced_labels(self.cfg, n, device)
+
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
-        y = torch.arange(10, device=x.device).repeat_interleave(10) if self.cfg.class_cond else None
+        y = class_rows(self.cfg, x.device)
         trajectory: list = []
         samples = self.sample(100, generator, y=y, guidance=2.0 if y is not None else 1.0, trajectory=trajectory,
                               steps=8 if quick else 20)
