@@ -2,11 +2,11 @@
 weights on the full protocol, and write the model card from those scores.
 
     python scripts/zoo_add.py RUN NAME --command "genzoo train vae --out runs/vae-mnist" [--fid-n 10000]
-        [--sampler ddim --steps 50] [--eval-n 0] [--iwae-k 1000] [--threads 1]
+        [--sampler ddim --steps 50] [--guidance 1.5] [--eval-n 0] [--iwae-k 1000] [--threads 1]
 
 Figures are measured on the zoo copy (zoo:NAME), not on the run, so the card describes what users load: the
 likelihood the family's kind allows on --eval-n test images (0 = all 10,000), and FID/KID of --fid-n samples in
-genzoo's feature space. The card also holds the training command, genzoo's version and commit, the CPU time, the
+genzoo's feature space (a class-conditional model: every class in turn, with --guidance). The card also holds the training command, genzoo's version and commit, the CPU time, the
 machine and the date.
 """
 
@@ -54,6 +54,7 @@ def main() -> int:
     p.add_argument("--fid-n", type=int, default=10_000)
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="class-conditional models: the guidance scale")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -75,7 +76,8 @@ def main() -> int:
                                                  "ode_steps": args.ode_steps}), cpu, log=print)
     card["figures"] += likelihood_figures(ev)
     results = {runs.eval_file("test"): ev}
-    sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance))
+               if v is not None}
     if args.fid_n:
         q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
         results[runs.FID_EVAL] = q
@@ -84,7 +86,8 @@ def main() -> int:
                                     **({"stderr": round(q["kid_stderr"], 4)} if what == "kid" else {}),
                                     "unit": "", "n": q["n_samples"],
                                     "reference": f"{config.train.dataset} test, {q['reference_view']} view, "
-                                                 f"genzoo features", "sampler": q["sampler"]})
+                                                 f"genzoo features", "sampler": q["sampler"],
+                                    **({"labels": q["labels"]} if "labels" in q else {})})
     zoo.pack(args.run, args.name, card, results=results)
     print(f"zoo:{args.name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})"
                                             for f in card["figures"]))
