@@ -141,6 +141,7 @@ def test_bench_reads_the_zoo_without_writing_into_it(root, finished_run, tmp_pat
 
     run = runs.load_run(finished_run)
     shipped = sample_quality(run.model, run_data(run.config), 40)
+    shipped["sampler"] = {"temperature": 0.9}  # as a card may choose: the shipped protocol is reused all the same
     zoo.pack(finished_run, "tiny-vae", CARD, results={"eval-fid.json": shipped})
     before = {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()}
     code, out, err = run_cli("bench", "--zoo", "--fid-n", 40, "--out", tmp_path / "lb")
@@ -148,6 +149,8 @@ def test_bench_reads_the_zoo_without_writing_into_it(root, finished_run, tmp_pat
     table = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     (only,) = table["rows"]
     assert only["run"] == "zoo:tiny-vae" and only["fid"] == shipped["fid"]  # the shipped score, reused
+    assert only["fid_sampler"] == {"temperature": 0.9}
+    assert "binary view, sampled with temperature=0.9 |" in (tmp_path / "lb" / "LEADERBOARD.md").read_text()
     assert {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()} == before
     code, _, err = run_cli("bench", "--zoo", "--dataset", "fashion-mnist", "--out", tmp_path / "lb2")
     assert_one_clear_error(code, err, "the zoo has no model of fashion-mnist")

@@ -59,15 +59,17 @@ def train_stage(family: str, run_dir: Path, dataset: str, budget_minutes: float,
 
 
 def fid_stage(run_dir: Path, n: int, device: torch.device, log: Callable[[str], None], progress: bool,
-              write_to: Path | None = None) -> dict:
+              write_to: Path | None = None, shipped: bool = False) -> dict:
     """FID/KID of n samples of the run: reused from RUN/eval-fid.json (or ``write_to``) when it scored n samples
-    with the family's default sampler, otherwise computed and written to ``write_to`` (default RUN/eval-fid.json;
-    a zoo model's folder is never written)."""
+    with the family's default sampler — or, for a zoo model (``shipped``), with the sampler its card names —
+    otherwise computed and written to ``write_to`` (default RUN/eval-fid.json; a zoo model's folder is never
+    written)."""
     write_to = write_to or run_dir / runs.FID_EVAL
     for path in dict.fromkeys((run_dir / runs.FID_EVAL, write_to)):
         if path.is_file():
             saved = storage.read_json(path)
-            if saved.get("n_samples") == n and not saved.get("sampler"):
+            card_protocol = shipped and path == run_dir / runs.FID_EVAL
+            if saved.get("n_samples") == n and (card_protocol or not saved.get("sampler")):
                 log(f"{run_dir.name}: reusing {path}")
                 return saved
     path = write_to
@@ -120,7 +122,7 @@ def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes
         else:
             summary = train_stage(family, run_dir, dataset, budget_minutes, nll_n, device, log, progress)
         write_to = out / f"{str(name).removeprefix(zoo.PREFIX)}-{runs.FID_EVAL}" if zoo.is_zoo(name) else None
-        fid = fid_stage(run_dir, fid_n, torch_device, log, progress, write_to)
+        fid = fid_stage(run_dir, fid_n, torch_device, log, progress, write_to, shipped=zoo.is_zoo(name))
         table["rows"].append({**row(family, run_dir, summary, fid), "reused": family in reuse,
                               **({"run": name} if zoo.is_zoo(name) else {})})
         write_tables(table, out, leaderboard)

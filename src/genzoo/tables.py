@@ -43,13 +43,19 @@ def row(family: str, run_dir: Path, summary: dict, fid: dict) -> dict:
             "kid_stderr": fid["kid_stderr"], "fid_samples": fid["n_samples"], "fid_reference": fid["reference"],
             "fid_reference_view": fid["reference_view"],
             "train_minutes": summary["train_wall_time_s"] / 60, "epochs": summary["epochs_completed"],
-            "samples_per_s": fid["samples_per_s"], "parameters": summary["parameters"]}
+            "samples_per_s": fid["samples_per_s"], "parameters": summary["parameters"],
+            "fid_sampler": fid.get("sampler") or {}}
 
 
 def format_nll(nll: dict) -> str:
     if nll["value"] is None:
         return "—"
     return f"{'≤ ' if nll['bound'] else ''}{nll['value']:.3f} {nll['unit']} ({nll['n_examples']} images)"
+
+
+def sampler_note(sampler: dict | None) -> str:
+    """", sampled with k=v, ..." for a FID drawn with options other than the family's defaults."""
+    return f", sampled with {', '.join(f'{k}={v}' for k, v in sampler.items())}" if sampler else ""
 
 
 def leaderboard_markdown(table: dict) -> str:
@@ -69,7 +75,7 @@ def leaderboard_markdown(table: dict) -> str:
     for r in table["rows"]:
         lines.append(f"| {r['family']} | {r['kind']} | {r['view']} | {format_nll(r['nll'])} | {r['fid']:.2f} | "
                      f"{r['kid']:.3g} (± {r['kid_stderr']:.2g}) | {r['fid_samples']} | "
-                     f"{r['fid_reference_view']} view | "
+                     f"{r['fid_reference_view']} view{sampler_note(r.get('fid_sampler'))} | "
                      f"{r['epochs']} | {r['train_minutes']:.1f} | {r['samples_per_s']:.1f} |")
     for f in table.get("floor", []):
         ref = f["reference_view"]
