@@ -139,7 +139,8 @@ def validate(cfg: Any, prefix: str = "--") -> Any:
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build and validate a config dataclass from parsed JSON; unknown or missing keys are errors."""
+    """Build and validate a config dataclass from parsed JSON; unknown keys are errors, missing ones take their
+    defaults (settings added after the run was made keep what the run had then, e.g. num_classes = 10)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object.")
     names = {f.name for f in dataclasses.fields(cls)}
