@@ -6,8 +6,8 @@ weights on the full protocol, and write the model card from those scores.
 
 Figures are measured on the zoo copy (zoo:NAME), not on the run, so the card describes what users load: the
 likelihood the family's kind allows on --eval-n test images (0 = all 10,000), and FID/KID of --fid-n samples in
-genzoo's feature space (a class-conditional model: every class in turn, with --guidance). The card also holds the training command, genzoo's version and commit, the CPU time, the
-machine and the date.
+genzoo's feature space (a class-conditional model: every class in turn, with --guidance). The card also holds
+the training command, genzoo's version and commit, the CPU time, the machine and the date.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
         samples = torch.bernoulli(samples.clamp(0, 1), generator=torch.Generator().manual_seed(EVAL_SEED))
     out = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "view": model.view,
            **score_images(samples, data.name, reference, batch_size),
-           "sampler": {**{k: v for k, v in sampler.items() if k != "y"}, **({"y": chosen} if chosen is not None else {})},
+           "sampler": {k: (chosen if k == "y" else v) for k, v in sampler.items() if k != "y" or chosen is not None},
            "samples_per_s": rate}
     if labels is not None:
         out["labels"] = f"the {len(labels.unique())} classes in turn"
