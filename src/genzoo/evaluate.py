@@ -201,8 +201,8 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
     device = device or torch.device("cpu")
     reference = reference or default_reference(model)
     features.reference(data.name, reference)  # refuses a data set without a feature network before any sampling
-    chosen = sampler["y"][0].item() if "y" in sampler else None  # --class: every sample of one class
-    labels = model.scoring_labels(n, device) if chosen is None else None
+    given = {k: (v[0].item() if k == "y" else v) for k, v in sampler.items()}  # --class: every sample of one class
+    labels = model.scoring_labels(n, device) if "y" not in sampler else None
     if labels is not None:
         sampler = {**sampler, "y": labels}
     samples, rate = draw_samples(model, n, device, batch_size, progress, **sampler)
@@ -213,8 +213,7 @@ def sample_quality(model: GenerativeModel, data: ImageDataset, n: int = FID_SAMP
         samples = torch.bernoulli(samples.clamp(0, 1), generator=torch.Generator().manual_seed(EVAL_SEED))
     out = {"family": model.family, "kind": model.kind.value, "dataset": data.name, "view": model.view,
            **score_images(samples, data.name, reference, batch_size),
-           "sampler": {k: (chosen if k == "y" else v) for k, v in sampler.items() if k != "y" or chosen is not None},
-           "samples_per_s": rate}
+           "sampler": given, "samples_per_s": rate}
     if labels is not None:
         out["labels"] = f"the {len(labels.unique())} classes in turn"
     return out
