@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).parent))
-from vae_mnist import machine  # noqa: E402
+from genzoo.devices import describe_machine
 
 HERE = Path(__file__).parent
 COLOURS = {"red": (215, 40, 40), "green": (40, 180, 70), "blue": (40, 80, 215), "yellow": (230, 200, 40),
@@ -92,7 +91,7 @@ def main() -> int:
     genzoo("eval", str(run), "--fid", "--n", str(args.fid_n))
     summary = json.loads((run / "summary.json").read_text())
     fid = json.loads((run / "eval-fid.json").read_text())
-    result = {"benchmark": "colour_folder", "machine": machine(), "date": datetime.date.today().isoformat(),
+    result = {"benchmark": "colour_folder", "machine": describe_machine(), "date": datetime.date.today().isoformat(),
               "command": "python benchmarks/colour_folder.py " + " ".join(sys.argv[1:]), "folder": str(folder),
               "features": features.strip(), "family": args.family, "train_minutes": summary["train_wall_time_s"] / 60,
               "steps": summary["steps"], "images_per_s": summary["images_per_s"], "eval": summary["eval"],

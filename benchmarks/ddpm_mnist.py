@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sample_quality import classifier, quality  # noqa: E402
-from vae_mnist import machine  # noqa: E402
 
 from genzoo import runs, storage  # noqa: E402
 from genzoo.config import EvalConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
+from genzoo.devices import describe_machine  # noqa: E402
 from genzoo.evaluate import evaluate  # noqa: E402
 from genzoo.trainer import train_run  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> int:
     cfg = (runs.resumed_config(runs.read_config(run_dir), train={"time_limit": args.budget_minutes}) if resume
            else runs.new_config("ddpm", train=train, eval={"n": 4}))
     summary = train_run(cfg, run_dir, resume=resume, log=print, progress_bar=sys.stderr.isatty())
-    result.update({"benchmark": name, "date": datetime.date.today().isoformat(), "machine": machine(),
+    result.update({"benchmark": name, "date": datetime.date.today().isoformat(), "machine": describe_machine(),
                    "config": cfg.to_json(), "command": "python benchmarks/ddpm_mnist.py " + " ".join(sys.argv[1:]),
                    "train_minutes": summary["train_wall_time_s"] / 60, "train_images_per_s": summary["images_per_s"],
                    "steps": summary["steps"], "epochs_completed": summary["epochs_completed"],

@@ -21,12 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from vae_mnist import machine  # noqa: E402
-
-from genzoo import storage  # noqa: E402
-from genzoo.data import load_dataset  # noqa: E402
-from genzoo.models.ddpm import DDPM, DDPMConfig  # noqa: E402
+from genzoo import storage
+from genzoo.data import load_dataset
+from genzoo.devices import describe_machine
+from genzoo.models.ddpm import DDPM, DDPMConfig
 
 HERE = Path(__file__).parent
 
@@ -87,7 +85,7 @@ def main() -> int:
         print(f"round {r + 1}: genzoo {rates['genzoo'][-1]:.1f} img/s, diffusers {rates['diffusers'][-1]:.1f} img/s")
     med = {k: statistics.median(v) for k, v in rates.items()}
     import diffusers
-    result = {"benchmark": "ddpm_vs_diffusers", "date": datetime.date.today().isoformat(), "machine": machine(),
+    result = {"benchmark": "ddpm_vs_diffusers", "date": datetime.date.today().isoformat(), "machine": describe_machine(),
               "command": "python benchmarks/ddpm_vs_diffusers.py " + " ".join(sys.argv[1:]),
               "diffusers_version": diffusers.__version__, "batch_size": args.batch_size,
               "parameters": {"genzoo": n_ours, "diffusers": n_theirs},

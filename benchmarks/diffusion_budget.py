@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vae_mnist import machine  # noqa: E402
-
 from genzoo import runs, storage  # noqa: E402
 from genzoo.config import EvalConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
+from genzoo.devices import describe_machine  # noqa: E402
 from genzoo.evaluate import draw_samples, evaluate, score_images  # noqa: E402
 from genzoo.trainer import train_run  # noqa: E402
 
@@ -140,7 +139,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     path = HERE / "results" / f"diffusion_budget{args.tag}.json"
     result = storage.read_json(path) if path.is_file() else {}
-    result.update({"benchmark": "diffusion_budget", "machine": machine(),
+    result.update({"benchmark": "diffusion_budget", "machine": describe_machine(),
                    "command": "python benchmarks/diffusion_budget.py " + " ".join(sys.argv[1:])})
     data = load_dataset("mnist")
     stages = result.setdefault("stages", {})

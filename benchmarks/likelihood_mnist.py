@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from budget import RESULTS, add_budget_arguments, train_within_budget  # noqa: E402
-from vae_mnist import machine  # noqa: E402
 
 from genzoo import runs, storage  # noqa: E402
 from genzoo.config import EvalConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
+from genzoo.devices import describe_machine  # noqa: E402
 from genzoo.evaluate import evaluate  # noqa: E402
 
 PUBLISHED = {"pixelcnn": {"figure": 81.30, "unit": "nats", "source": "van den Oord et al. 2016 (PixelRNN), Table 4"},
@@ -48,7 +48,7 @@ def main() -> int:
     model = runs.load_run(run_dir).model
     ev = evaluate(model, load_dataset("mnist"), EvalConfig(n=args.test_n), torch.device("cpu"),
                   progress=sys.stderr.isatty())
-    result = {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": machine(),
+    result = {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": describe_machine(),
               "command": f"python benchmarks/likelihood_mnist.py {' '.join(sys.argv[1:])}",
               "config": cfg.to_json(), "parameters": summary["parameters"],
               "finished": summary["finished"], "epochs_completed": summary["epochs_completed"], "steps": summary["steps"],

@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vae_mnist import machine  # noqa: E402
-
 from genzoo import runs, storage  # noqa: E402
 from genzoo.config import TrainConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
+from genzoo.devices import describe_machine  # noqa: E402
 from genzoo.evaluate import draw_samples, score_images  # noqa: E402
 from genzoo.trainer import train_run  # noqa: E402
 
@@ -172,7 +171,7 @@ def main() -> int:
     recipes = STUDIES[args.study]
     path = HERE / "results" / f"{args.study}_recipes{args.tag}.json"
     result = storage.read_json(path) if path.is_file() else {}
-    result.update({"benchmark": f"{args.study}_recipes", "machine": machine(), "images": args.images,
+    result.update({"benchmark": f"{args.study}_recipes", "machine": describe_machine(), "images": args.images,
                    "fid_n": args.fid_n, "command": "python benchmarks/recipes.py " + " ".join(sys.argv[1:])})
     data = load_dataset("mnist")
     variants = result.setdefault("variants", {})

@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from budget import RESULTS, add_budget_arguments, train_within_budget  # noqa: E402
 from sample_quality import classifier, quality  # noqa: E402
-from vae_mnist import machine  # noqa: E402
 
 from genzoo import runs, storage  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
+from genzoo.devices import describe_machine  # noqa: E402
 from genzoo.evaluate import sample_quality  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> int:
     real = data.test.images[:100].float() / 255
     fid = sample_quality(model, data, args.fid_n)
     storage.write_json(run_dir / runs.FID_EVAL, fid)  # what `genzoo eval RUN --fid` writes: `genzoo bench` reuses it
-    result = {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": machine(),
+    result = {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": describe_machine(),
               "command": f"python benchmarks/samples_mnist.py {' '.join(sys.argv[1:])}", "config": cfg.to_json(),
               "parameters": summary["parameters"], "finished": summary["finished"],
               "epochs_completed": summary["epochs_completed"], "steps": summary["steps"],

@@ -65,10 +65,8 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
-    sys.path.insert(0, str(HERE))
-    from vae_mnist import machine
-
     from genzoo import storage
+    from genzoo.devices import describe_machine
 
     times: dict[int, list[float]] = {1: [], 25: []}
     for r in range(args.rounds):
@@ -76,7 +74,7 @@ def main() -> int:
             times[k].append(measure(k, args.steps))
             print(f"round {r + 1}: sync every {k:>2} steps: {1000 * times[k][-1]:.2f} ms per step", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"benchmark": "sync_cost", "date": datetime.date.today().isoformat(), "machine": machine(),
+    result = {"benchmark": "sync_cost", "date": datetime.date.today().isoformat(), "machine": describe_machine(),
               "command": "python benchmarks/sync_cost.py " + " ".join(sys.argv[1:]), "steps": args.steps,
               "seconds_per_step_median": {str(k): v for k, v in med.items()},
               "seconds_per_step_rounds": {str(k): v for k, v in times.items()},

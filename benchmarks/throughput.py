@@ -21,14 +21,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).parent))
-from vae_mnist import machine  # noqa: E402
-
-from genzoo import runs, storage  # noqa: E402
-from genzoo.data import load_dataset  # noqa: E402
-from genzoo.data.views import get_view  # noqa: E402
-from genzoo.devices import bf16_supported, channels_last_for, set_channels_last  # noqa: E402
-from genzoo.models import FAMILIES  # noqa: E402
+from genzoo import runs, storage
+from genzoo.data import load_dataset
+from genzoo.data.views import get_view
+from genzoo.devices import bf16_supported, channels_last_for, describe_machine, set_channels_last
+from genzoo.models import FAMILIES
 
 RESULT = Path(__file__).parent / "results" / "throughput.json"
 
@@ -113,7 +110,7 @@ def main() -> int:
             print(f"{name:<9} {precision}  {row['images_per_s']:8.1f} img/s  {row['gflop_per_image']:6.3f} GFLOP/img  "
                   + (f"{achieved:7.1f} GFLOP/s  {100 * row['share_of_peak']:5.1f} % of the {precision} peak"
                      if achieved is not None else "FLOPs not countable"), flush=True)
-    result = {"benchmark": "throughput", "date": datetime.date.today().isoformat(), "machine": machine(),
+    result = {"benchmark": "throughput", "date": datetime.date.today().isoformat(), "machine": describe_machine(),
               "threads": torch.get_num_threads(), "bf16_native": native,
               "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
               "matmul_peak_gflop_per_s": peaks, "rows": rows}

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from vae_mnist import machine  # noqa: E402
-
-from genzoo import runs, storage  # noqa: E402
-from genzoo.trainer import train_run  # noqa: E402
+from genzoo import runs, storage
+from genzoo.devices import describe_machine
+from genzoo.trainer import train_run
 
 HERE = Path(__file__).parent
 RUNS = {  # name: (family, model options, training options beyond the family's toy-ring defaults)
@@ -50,7 +48,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     result_path = HERE / "results" / "toy_ring.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    result.update({"benchmark": "toy_ring", "date": datetime.date.today().isoformat(), "machine": machine(),
+    result.update({"benchmark": "toy_ring", "date": datetime.date.today().isoformat(), "machine": describe_machine(),
                    "command": "python benchmarks/toy_ring.py " + " ".join(sys.argv[1:])})
     table = result.setdefault("runs", {})
     for name in args.redo:

@@ -16,8 +16,6 @@ import argparse
 
 import datetime
 import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -31,21 +29,10 @@ from genzoo.data import load_dataset
 from genzoo.evaluate import evaluate
 from genzoo.trainer import train_run
 
+from genzoo.devices import describe_machine
+
 HERE = Path(__file__).parent
 TARGETS = {"neg_elbo_nats": 95.0, "nll_iwae5000_nats": 90.0, "train_minutes": 3.0, "stretch_nll_nats": 84.0}
-
-
-def machine() -> dict:
-    cpu, isa = "unknown", []
-    try:
-        lines = open("/proc/cpuinfo").read().splitlines()
-        cpu = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
-        flags = next(l.split(":", 1)[1].split() for l in lines if l.startswith("flags"))
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def peak_memory_mb() -> float:
@@ -77,7 +64,7 @@ def main() -> int:
     summary = train_run(cfg, run_dir, resume=(run_dir / runs.CHECKPOINT).is_file(), log=print,
                         progress_bar=sys.stderr.isatty())
     result.update({
-        "benchmark": name, "date": datetime.date.today().isoformat(), "machine": machine(),
+        "benchmark": name, "date": datetime.date.today().isoformat(), "machine": describe_machine(),
         "config": cfg.to_json(), "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
         "train_wall_time_s": summary["train_wall_time_s"], "train_images_per_s": summary["images_per_s"],
         "epochs": summary["epochs_completed"], "parameters": summary["parameters"],

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from vae_mnist import machine  # noqa: E402
-
-from genzoo import __version__, runs, storage, zoo  # noqa: E402
-from genzoo.config import EvalConfig  # noqa: E402
-from genzoo.evaluate import evaluate, sample_quality  # noqa: E402
+from genzoo import __version__, runs, storage, zoo
+from genzoo.config import EvalConfig
+from genzoo.devices import describe_machine
+from genzoo.evaluate import evaluate, sample_quality
 
 
 def likelihood_figures(ev: dict) -> list[dict]:
@@ -66,7 +64,7 @@ def main() -> int:
             "command": args.command, "genzoo_version": __version__, "commit": commit,
             "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3), "steps": summary["steps"],
             "epochs": summary["epochs_completed"], "parameters": summary["parameters"],
-            "machine": machine(), "date": datetime.date.today().isoformat(), "figures": []}
+            "machine": describe_machine(), "date": datetime.date.today().isoformat(), "figures": []}
     zoo.pack(args.run, args.name, card)  # the figures below are measured on the packed weights
     run = runs.load_run(f"zoo:{args.name}")
     data = runs.run_data(config)

@@ -1,10 +1,14 @@
 """--precision auto: bf16 where it is native, fp32 elsewhere; the layout follows; training in bf16 learns; every
 likelihood is computed in fp32 whatever the training precision."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
-from genzoo.devices import bf16_supported, channels_last_for, resolve_precision, set_channels_last
+from genzoo.devices import (ISA_FLAGS, bf16_supported, channels_last_for, describe_machine, machine_line,
+                            resolve_precision, set_channels_last)
 from genzoo.errors import ConfigError
 from genzoo.models.vae import VAE
 from genzoo.nets.unet import UNet
@@ -56,3 +60,19 @@ def test_bf16_training_stays_finite_learns_and_is_scored_in_fp32(tmp_path, monke
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 20, losses
     assert seen and all(not autocast and weights == out == torch.float32 for autocast, weights, out in seen)
     assert abs(summary["eval"]["neg_elbo_nats"] - losses[-1]) < 40  # a plausible fp32 figure, not a bf16 one
+
+
+def test_the_machine_description_reads_the_cpu_as_linux_reports_it():
+    m = describe_machine()
+    assert m["cores"] == os.cpu_count() and m["torch_threads"] == torch.get_num_threads()
+    assert m["torch"] == torch.__version__
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        text = cpuinfo.read_text()
+        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+        assert m["isa"] == [f for f in ISA_FLAGS if f in flags]
+        assert m["cpu"] in text
+    line = machine_line({"cpu": "AMD EPYC", "isa": ["avx2"], "cores": 2, "torch_threads": 1, "torch": "2.13.0+cpu"})
+    assert line == "AMD EPYC (avx2), 2 cores, 1 torch thread, torch 2.13.0+cpu"
+    assert machine_line({"cpu": "X", "isa": [], "cores": 16, "torch_threads": 8, "torch": "2"}) == \
+        "X, 16 cores, 8 torch threads, torch 2"

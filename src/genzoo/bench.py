@@ -10,7 +10,6 @@ stopped.
 from __future__ import annotations
 
 import datetime
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 from genzoo import runs, storage, zoo
 from genzoo.data import load_dataset
-from genzoo.devices import pick_device
+from genzoo.devices import machine_line, pick_device
 from genzoo.errors import ConfigError
 from genzoo.features import FEATURE_DATASETS
 from genzoo.evaluate import FID_SAMPLES, data_quality, sample_quality
@@ -107,7 +106,7 @@ def bench(out: Path, families: list[str], dataset: str = "mnist", budget_minutes
     leaderboard = leaderboard or out / "LEADERBOARD.md"
     torch_device = pick_device(device)
     table = {"dataset": dataset, "date": datetime.date.today().isoformat(), "command": command,
-             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+             "machine": machine_line(),
              "budget_minutes": budget_minutes, "rows": []}
     for family in families:
         name = reuse.get(family)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 
 from genzoo.errors import ConfigError
@@ -64,3 +67,31 @@ def set_channels_last(model: torch.nn.Module, channels_last: bool) -> None:
         if isinstance(getattr(module, "channels_last", None), bool) and module.channels_last != channels_last:
             module.channels_last = channels_last
             module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the CPU features that decide fp32 and bf16 speed
+
+
+def describe_machine() -> dict:
+    """The CPU, its vector extensions of ``ISA_FLAGS``, cores, torch threads and versions: what every figure of
+    speed or of a CPU-hour budget is recorded with (benchmarks, model cards, the leaderboard)."""
+    cpu, isa = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+        isa = [flag for flag in ISA_FLAGS if flag in flags]
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def machine_line(machine: dict | None = None) -> str:
+    """One line for a table: 'AMD EPYC (avx2), 2 cores, 1 torch thread, torch 2.13.0+cpu'."""
+    m = machine or describe_machine()
+    threads = m["torch_threads"]
+    isa = f" ({', '.join(m['isa'])})" if m["isa"] else ""
+    return (f"{m['cpu']}{isa}, {m['cores']} cores, {threads} torch thread{'s' if threads != 1 else ''}, "
+            f"torch {m['torch']}")
