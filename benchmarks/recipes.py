@@ -2,6 +2,7 @@
 
     python benchmarks/recipes.py --study diffusion --images 38400 --fid-n 1000 --threads 1
     python benchmarks/recipes.py --study gan --images 76800 --fid-n 2000 --threads 1
+    python benchmarks/recipes.py --study ebm --images 25600 --fid-n 500 --threads 1
     python benchmarks/recipes.py --images 256 --fid-n 100 --tag smoke --variants flow ddpm-v
 
 Each variant is a family and a few settings changed from its defaults (STUDIES below, or NAME=FAMILY:key=value,...
@@ -10,7 +11,8 @@ images / batch size) from the same seed: with one network for all, that is the s
 limit it does not depend on what else the shared machine runs. A constant learning rate after the warm-up (if the
 family has one), and the EMA with warm-up where a variant has one. Then each draws --fid-n samples (the
 diffusion families with their ~20-evaluation solver: ddpm DPM-Solver++(2M), 20 steps; flow Heun, 10 steps = 19
-evaluations; a GAN in one pass) and is scored by FID/KID in genzoo's feature space (float reference).
+evaluations; a GAN in one pass; an EBM by SGLD from noise for its own --sample-steps) and is scored by FID/KID in
+genzoo's feature space (float reference).
 
 Resumable: each variant's figures go to benchmarks/results/STUDY_recipes[-TAG].json as it finishes and a variant
 already there is skipped; the runs live in benchmarks/results/STUDY_recipes[-TAG]/.
@@ -55,6 +57,16 @@ STUDIES = {  # study: {name: (family, settings changed from the family's default
         "gan-ema": ("gan", {"ema_decay": 0.999}),
         "gan-hinge-sn": ("gan", {"loss": "hinge", "spectral_norm": True}),
         "gan-hinge-sn-ema": ("gan", {"loss": "hinge", "spectral_norm": True, "ema_decay": 0.999}),
+    },
+    # the EBM recipes of the zoo issue. Each variant samples as its users would: SGLD from uniform noise for the
+    # model's own --sample-steps. The defaults train on a replay buffer (Du & Mordatch 2019) and sample with 200
+    # steps; "short-run" trains every chain from noise for K steps and samples with the same K (Nijkamp et al.
+    # 2019): the model learns the K-step sampler it will be used with, and needs no buffer.
+    "ebm": {
+        "ebm": ("ebm", {}),
+        "ebm-sgld40": ("ebm", {"sgld_steps": 40}),
+        "ebm-shortrun40": ("ebm", {"reinit": 1.0, "sgld_steps": 40, "sample_steps": 40, "buffer_size": 1}),
+        "ebm-shortrun60": ("ebm", {"reinit": 1.0, "sgld_steps": 60, "sample_steps": 60, "buffer_size": 1}),
     },
 }
 TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
