@@ -385,7 +385,7 @@ def cmd_report(args) -> int:
         raise ConfigError(f"--out must name an .html file; got {args.out}.")
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: the folder {args.out.parent} does not exist.")
-    out = write_report([zoo.resolve(r) for r in args.runs], args.out)
+    out = write_report(args.runs, args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB, {len(args.runs)} run(s))")
     return 0
 

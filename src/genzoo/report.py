@@ -1,6 +1,7 @@
 """`genzoo report`: one self-contained HTML page for one or more runs.
 
-Per run: the configuration, the metrics (the trainer's final evaluation and any `genzoo eval` results), the
+Per run: a zoo model's card (the command that trained it, its CPU time, machine and figures), the configuration,
+the metrics (the trainer's final evaluation and any `genzoo eval` results), the
 curves, the sample grid and every other picture the family drew (reconstructions and interpolations, a
 denoising trajectory, completions, the replay buffer, ...). Across runs: the leaderboard table. Images are
 embedded as data URIs, so the page can be mailed or archived as one file. A small script marks the page with
@@ -16,7 +17,7 @@ import html
 import json
 from pathlib import Path
 
-from genzoo import runs, storage
+from genzoo import runs, storage, zoo
 from genzoo.tables import best_test_eval, format_nll, nll_entry
 from genzoo.errors import RunError
 
@@ -60,9 +61,9 @@ def _optional_json(path: Path) -> dict | None:
     return storage.read_json(path) if path.is_file() else None
 
 
-def run_record(run_dir: Path) -> dict:
-    """What the report shows of one run folder; a folder without a finished summary is a RunError."""
-    run_dir = Path(run_dir)
+def run_record(run: str | Path) -> dict:
+    """What the report shows of one run folder or zoo:NAME; a folder without a finished summary is a RunError."""
+    run_dir = zoo.resolve(run)
     config = runs.read_config(run_dir)  # names the folder if it is not a run
     summary = _optional_json(run_dir / runs.SUMMARY)
     if summary is None:
@@ -71,7 +72,9 @@ def run_record(run_dir: Path) -> dict:
     pictures = [(run_dir / f"{stem}.png", caption) for stem, caption in PICTURES.items()
                 if (run_dir / f"{stem}.png").is_file()]
     pictures += [(p, p.stem) for p in sorted(run_dir.glob("*.png")) if p.stem not in PICTURES]
-    return {"dir": run_dir, "config": config.to_json(), "summary": summary, "evals": evals, "pictures": pictures}
+    card = storage.read_json(run_dir / zoo.CARD) if zoo.is_zoo(run) else None
+    return {"dir": run_dir, "name": str(run), "card": card, "config": config.to_json(), "summary": summary,
+            "evals": evals, "pictures": pictures}
 
 
 def leaderboard_rows(records: list[dict]) -> list[dict]:
@@ -79,7 +82,7 @@ def leaderboard_rows(records: list[dict]) -> list[dict]:
     for r in records:
         s, fid = r["summary"], r["evals"].get("eval-fid")
         ev = best_test_eval(s, r["evals"].get("eval-test"))
-        rows.append({"run": str(r["dir"]), "family": s["family"], "kind": s["kind"], "view": s["view"],
+        rows.append({"run": r["name"], "family": s["family"], "kind": s["kind"], "view": s["view"],
                      "dataset": s["dataset"], "nll": format_nll(nll_entry(s, ev)),
                      "fid": f"{fid['fid']:.2f}" if fid else "—",
                      "kid": f"{fid['kid']:.3g} ± {fid['kid_stderr']:.2g}" if fid else "—",
@@ -105,6 +108,24 @@ def _metrics(record: dict) -> str:
     return _table(["from", "metric", "value"], flat, numeric={2})
 
 
+def _card(card: dict) -> str:
+    """A zoo model's card: how it was made, and its figures as measured on the shipped weights."""
+    m = card.get("machine", {})
+    where = ", ".join(x for x in (m.get("cpu"), " ".join(m.get("isa", [])),
+                                  f"{m['torch_threads']} torch thread(s)" if "torch_threads" in m else "",
+                                  f"torch {m['torch']}" if "torch" in m else "") if x)
+    facts = [f"{card['cpu_hours']:.2f} CPU-hours" if "cpu_hours" in card else "",
+             f"{card['steps']:,} steps" if "steps" in card else "",
+             f"{card['epochs']} epoch{'s' * (card['epochs'] != 1)}" if "epochs" in card else "", f"on {where}" if where else "",
+             f"genzoo {card['genzoo_version']} at commit {card.get('commit', '?')[:10]}" if "genzoo_version" in card
+             else "", card.get("date", "")]
+    made = (f"Trained by <code>{html.escape(card.get('command', 'an unrecorded command'))}</code>: "
+            f"{html.escape(', '.join(f for f in facts if f))}.")
+    rows = [[f["name"], f"{f['value']:g}" + (f" ± {f['stderr']:g}" if "stderr" in f else ""), f["unit"],
+             f"{f['n']:,}", f.get("reference", "")] for f in card.get("figures", [])]
+    return f"<p>{made}</p>" + _table(["figure", "value", "unit", "n", "against"], rows, numeric={1, 3})
+
+
 def render(records: list[dict], title: str = "genzoo report") -> str:
     board = leaderboard_rows(records)
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
@@ -123,11 +144,12 @@ def render(records: list[dict], title: str = "genzoo report") -> str:
              + "</div>"]
     for i, r in enumerate(records):
         s = r["summary"]
-        parts += [f'<section class="run" id="run-{i}"><h2>{html.escape(str(r["dir"]))}</h2>',
+        parts += [f'<section class="run" id="run-{i}"><h2>{html.escape(r["name"])}</h2>',
                   f"<p>{html.escape(s['family'])} ({html.escape(s['kind'])}) on {html.escape(s['dataset'])}, "
                   f"{s['parameters']:,} parameters, {s['epochs_completed']} epochs, {s['steps']} steps, "
                   f"{s['train_wall_time_s'] / 60:.1f} min on {html.escape(s['device'])}"
                   f"{'' if s['finished'] else ' (stopped before its last epoch)'}.</p>",
+                  *(["<h3>Model card</h3>", _card(r["card"])] if r["card"] else []),
                   "<h3>Pictures</h3>", "".join(_img(p, c) for p, c in r["pictures"]) or "<p>none</p>",
                   "<h3>Metrics</h3>", _metrics(r),
                   "<h3>Configuration</h3>", f"<pre>{html.escape(json.dumps(r['config'], indent=2))}</pre>",
@@ -136,7 +158,8 @@ def render(records: list[dict], title: str = "genzoo report") -> str:
     return "\n".join(parts)
 
 
-def write_report(run_dirs: list[Path], out: Path) -> Path:
+def write_report(run_dirs: list[str | Path], out: Path) -> Path:
+    """The page for run folders and zoo:NAMEs, written atomically to ``out``."""
     records = [run_record(d) for d in run_dirs]  # every folder is read before anything is written
     out = Path(out)
     text = render(records)
