@@ -176,3 +176,31 @@ def test_ema_warmup_follows_its_closed_form(tmp_path):
         w2, ema = tensors[f"model.{name}"], tensors[f"ema.module.{name}"]
         if w0.is_floating_point():
             torch.testing.assert_close(ema, d * w0 + (1 - d) * w2, rtol=1e-5, atol=1e-6)
+
+
+def test_the_ema_of_a_spectrally_normalised_layer_keeps_its_norm_at_one():
+    """A layer whose leading singular vector switches while it trains (as in a GAN's discriminator, where the top
+    singular values are close): averaged power-iteration vectors are short and mix the two directions, so the
+    averaged layer would be divided by a sigma far too small. Taken from the live layer, they keep the averaged
+    layer's effective spectral norm near 1."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from genzoo.trainer import update_ema
+
+    torch.manual_seed(0)
+    layer = spectral_norm(torch.nn.Linear(2, 2, bias=False), n_power_iterations=10)
+    ema = AveragedModel(layer, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    weights = torch.tensor([[3.0, 0.3], [0.3, 1.0]]), torch.tensor([[1.0, 0.3], [0.3, 3.0]])
+    for k in range(60):  # the top singular vector alternates between near e0 and near e1
+        with torch.no_grad():
+            layer.parametrizations.weight.original.copy_(weights[k % 2])
+        layer.train()
+        layer(torch.ones(1, 2))  # power iteration on the live weight
+        update_ema(ema, layer)
+    ema.module.eval()
+    norm = torch.linalg.matrix_norm(ema.module.weight.detach(), ord=2)  # W_ema / sigma(stored u, v)
+    assert 0.95 < norm < 1.15, norm
+    for name in ("_u", "_v"):
+        torch.testing.assert_close(getattr(ema.module.parametrizations.weight[0], name),
+                                   getattr(layer.parametrizations.weight[0], name))

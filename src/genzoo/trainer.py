@@ -60,6 +60,21 @@ def ema_decay_at(updates: int, decay: float, warmup: bool) -> float:
     return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
 
 
+def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
+    """One EMA update of parameters and buffers, except spectral normalisation's power-iteration vectors (the _u
+    and _v buffers of its parametrization): those are an estimator's state, not a statistic. Averaged, they are
+    neither unit nor singular vectors, sigma = u^T W v comes out far too small, and the averaged network is divided
+    by it (a GAN's EMA discriminator then scored critics in the thousands). The average takes the live model's
+    vectors instead: its weights average the recent ones, whose leading singular vectors are nearly the same."""
+    ema.update_parameters(model)
+    live = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, buffer in ema.module.named_buffers():
+            parts = name.split(".")
+            if "parametrizations" in parts and parts[-1] in ("_u", "_v"):
+                buffer.copy_(live[name])
+
+
 class Interrupted(GenzooError):
     exit_code = 130
 
@@ -256,7 +271,7 @@ class Trainer:
         except ModelDiverged as e:
             raise TrainingDiverged(self._diverged(str(e))) from None
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            update_ema(self.ema, self.model)
         return value
 
     def _update(self, player: str, losses: torch.Tensor) -> float:
