@@ -206,6 +206,8 @@ def test_fid_on_a_folder_needs_its_own_feature_network(tmp_path, cache, run_cli,
     assert meta["image_shape"] == "3,16,16" and meta["classes"] == "3" and meta["n_reference"] == "6"
     code, printed, err = run_cli("eval", out, "--fid", "--n", "20", "--steps", "2")
     assert code == 0, err
+    assert "note: the reference is only 6 test images: FID is strongly biased" in printed
+    assert "note: KID from a single block of 6" in printed
     result = json.loads((out / "eval-fid.json").read_text())
     assert result["n_samples"] == 20 and result["fid"] > 0
     # the real images score far better than the untrained model's samples in the same space

@@ -343,7 +343,23 @@ def format_quality(result: dict) -> str:
         f"  KID {result['kid']:10.4g}  (± {result['kid_stderr']:.2g} s.e., {result['kid_blocks']} blocks of "
         f"{result['kid_block_size']})",
         f"  against the {result['reference']}; features: {result['feature_net']}"]
-        + ([f"  class-conditional samples: {result['labels']}"] if "labels" in result else []))
+        + ([f"  class-conditional samples: {result['labels']}"] if "labels" in result else [])
+        + small_sample_notes(result))
+
+
+SMALL_REFERENCE = 1000  # test images below which a FID against them is mostly their own sampling error
+
+
+def small_sample_notes(result: dict) -> list[str]:
+    """What a reader must know of a FID/KID computed from few images."""
+    notes = []
+    if result.get("n_reference", SMALL_REFERENCE) < SMALL_REFERENCE:
+        notes.append(f"  note: the reference is only {result['n_reference']} test images: FID is strongly biased "
+                     f"upwards at this size; compare it only with figures against the same images")
+    if result["kid_blocks"] == 1:
+        notes.append(f"  note: KID from a single block of {result['kid_block_size']} (fewer than 2,000 samples or "
+                     f"reference images): no standard error")
+    return notes
 
 
 def cmd_bench(args) -> int:

@@ -227,6 +227,7 @@ def score_images(images: torch.Tensor, dataset: str, reference: str, batch_size:
     f = features.features(features.feature_net(dataset), images, batch_size, features.image_shape(dataset))
     return {"fid": quality.frechet_distance(*quality.gaussian_statistics(f), mean, cov), "n_samples": len(images),
             "reference": f"{dataset} test split, {reference} view, {n_ref} images", "reference_view": reference,
+            "n_reference": n_ref,
             "feature_net": f"genzoo SmallCNN penultimate layer ({features.FEATURE_DIM} features), test accuracy "
                            f"{features.metadata(dataset)['test_accuracy']}",
             **quality.kid(f, features.reference_features(dataset, reference),
