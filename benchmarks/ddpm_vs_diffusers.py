@@ -85,7 +85,8 @@ def main() -> int:
         print(f"round {r + 1}: genzoo {rates['genzoo'][-1]:.1f} img/s, diffusers {rates['diffusers'][-1]:.1f} img/s")
     med = {k: statistics.median(v) for k, v in rates.items()}
     import diffusers
-    result = {"benchmark": "ddpm_vs_diffusers", "date": datetime.date.today().isoformat(), "machine": describe_machine(),
+    result = {"benchmark": "ddpm_vs_diffusers", "date": datetime.date.today().isoformat(),
+              "machine": describe_machine(),
               "command": "python benchmarks/ddpm_vs_diffusers.py " + " ".join(sys.argv[1:]),
               "diffusers_version": diffusers.__version__, "batch_size": args.batch_size,
               "parameters": {"genzoo": n_ours, "diffusers": n_theirs},

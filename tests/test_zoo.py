@@ -13,7 +13,8 @@ from genzoo.errors import ConfigError, RunError
 from genzoo.trainer import train_run
 
 CARD = {"family": "vae", "kind": "bound", "dataset": "mnist", "cpu_hours": 0.001, "command": "genzoo train vae --tiny",
-        "steps": 3, "epochs": 1, "machine": {"cpu": "Test CPU", "isa": ["avx2"], "torch_threads": 1, "torch": "2"},
+        "steps": 3, "epochs": 1, "genzoo_version": "0.1.0", "commit": "0123456789abcdef", "date": "2026-11-26",
+        "machine": {"cpu": "Test CPU", "isa": ["avx2"], "cores": 2, "torch_threads": 1, "torch": "2"},
         "figures": [{"name": "-ELBO", "value": 200.0, "stderr": 1.5, "unit": "nats", "n": 64, "reference": "test"}]}
 
 
@@ -84,7 +85,8 @@ def test_zoo_models_work_from_the_cli_and_write_into_the_working_folder(root, ru
     code, out, _ = run_cli("report", "zoo:tiny-vae", "--out", tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert code == 0 and "<h2>zoo:tiny-vae</h2>" in page and str(root) not in page  # named as users name it
-    assert "<code>genzoo train vae --tiny</code>: 0.00 CPU-hours, 3 steps, 1 epoch, on Test CPU, avx2" in page
+    assert ("<code>genzoo train vae --tiny</code>: 0.00 CPU-hours, 3 steps, 1 epoch, on Test CPU (avx2), 2 cores, "
+            "1 torch thread, torch 2; genzoo 0.1.0 at commit 0123456789, 2026-11-26.</p>") in page
     assert "<td>-ELBO</td><td class=num>200 ± 1.5</td><td>nats</td><td class=num>64</td>" in page
 
 

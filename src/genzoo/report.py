@@ -1,12 +1,11 @@
 """`genzoo report`: one self-contained HTML page for one or more runs.
 
 Per run: a zoo model's card (the command that trained it, its CPU time, machine and figures), the configuration,
-the metrics (the trainer's final evaluation and any `genzoo eval` results), the
-curves, the sample grid and every other picture the family drew (reconstructions and interpolations, a
-denoising trajectory, completions, the replay buffer, ...). Across runs: the leaderboard table. Images are
-embedded as data URIs, so the page can be mailed or archived as one file. A small script marks the page with
-how many images decoded (``data-images-loaded`` on <body>) once it has loaded; tests read it back from a
-browser's DOM.
+the metrics (the trainer's final evaluation and any `genzoo eval` results), the curves, the sample grid and every
+other picture the family drew (reconstructions and interpolations, a denoising trajectory, completions, the replay
+buffer, ...). Across runs: the leaderboard table. Images are embedded as data URIs, so the page can be mailed or
+archived as one file. A small script marks the page with how many images decoded (``data-images-loaded`` on
+<body>) once it has loaded; tests read it back from a browser's DOM.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import json
 from pathlib import Path
 
 from genzoo import runs, storage, zoo
+from genzoo.devices import machine_line
 from genzoo.tables import best_test_eval, format_nll, nll_entry
 from genzoo.errors import RunError
 
@@ -109,21 +109,16 @@ def _metrics(record: dict) -> str:
 
 
 def _card(card: dict) -> str:
-    """A zoo model's card: how it was made, and its figures as measured on the shipped weights."""
-    m = card.get("machine", {})
-    where = ", ".join(x for x in (m.get("cpu"), " ".join(m.get("isa", [])),
-                                  f"{m['torch_threads']} torch thread(s)" if "torch_threads" in m else "",
-                                  f"torch {m['torch']}" if "torch" in m else "") if x)
-    facts = [f"{card['cpu_hours']:.2f} CPU-hours" if "cpu_hours" in card else "",
-             f"{card['steps']:,} steps" if "steps" in card else "",
-             f"{card['epochs']} epoch{'s' * (card['epochs'] != 1)}" if "epochs" in card else "", f"on {where}" if where else "",
-             f"genzoo {card['genzoo_version']} at commit {card.get('commit', '?')[:10]}" if "genzoo_version" in card
-             else "", card.get("date", "")]
-    made = (f"Trained by <code>{html.escape(card.get('command', 'an unrecorded command'))}</code>: "
-            f"{html.escape(', '.join(f for f in facts if f))}.")
+    """A zoo model's card (as scripts/zoo_add.py writes it): how it was made, and its figures as measured on the
+    shipped weights."""
+    epochs = card["epochs"]
+    facts = (f"{card['cpu_hours']:.2f} CPU-hours, {card['steps']:,} steps, {epochs} epoch{'s' * (epochs != 1)}, on "
+             f"{machine_line(card['machine'])}; genzoo {card['genzoo_version']} at commit {card['commit'][:10]}, "
+             f"{card['date']}.")
     rows = [[f["name"], f"{f['value']:g}" + (f" ± {f['stderr']:g}" if "stderr" in f else ""), f["unit"],
-             f"{f['n']:,}", f.get("reference", "")] for f in card.get("figures", [])]
-    return f"<p>{made}</p>" + _table(["figure", "value", "unit", "n", "against"], rows, numeric={1, 3})
+             f"{f['n']:,}", f.get("reference", "")] for f in card["figures"]]
+    return (f"<p>Trained by <code>{html.escape(card['command'])}</code>: {html.escape(facts)}</p>"
+            + _table(["figure", "value", "unit", "n", "against"], rows, numeric={1, 3}))
 
 
 def render(records: list[dict], title: str = "genzoo report") -> str:
