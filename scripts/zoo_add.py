@@ -7,7 +7,12 @@ weights on the full protocol, and write the model card from those scores.
 Figures are measured on the zoo copy (zoo:NAME), not on the run, so the card describes what users load: the
 likelihood the family's kind allows on --eval-n test images (0 = all 10,000), and FID/KID of --fid-n samples in
 genzoo's feature space (a class-conditional model: every class in turn, with --guidance). The card also holds
-the training command, genzoo's version and commit, the CPU time, the machine and the date.
+the training command, genzoo's version and commit, the CPU time, the machine and the date. The pictures are
+drawn again from the packed weights at full quality (a long run trained with --final-eval skip drew quick ones).
+
+    python scripts/zoo_add.py --redraw NAME
+
+only redraws the pictures of zoo model NAME (after a family gained a picture) and rewrites its index entry.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from genzoo import __version__, runs, storage, zoo
 from genzoo.config import EvalConfig
 from genzoo.devices import describe_machine
 from genzoo.evaluate import evaluate, sample_quality
+from genzoo.trainer import draw_pictures
 
 
 def likelihood_figures(ev: dict) -> list[dict]:
@@ -43,9 +49,10 @@ def likelihood_figures(ev: dict) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path)
-    p.add_argument("name")
-    p.add_argument("--command", required=True, help="the command that trained the run (resumes included)")
+    p.add_argument("run", type=Path, nargs="?")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--redraw", metavar="NAME", help="only redraw the pictures of this zoo model")
+    p.add_argument("--command", help="the command that trained the run (resumes included)")
     p.add_argument("--eval-n", type=int, default=0, help="test images of the likelihood (0 = all)")
     p.add_argument("--iwae-k", type=int, default=1000)
     p.add_argument("--ode-steps", type=int, default=50)
@@ -57,6 +64,16 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    if args.redraw:
+        name = args.redraw.removeprefix(zoo.PREFIX)
+        run = runs.load_run(zoo.PREFIX + name)  # verified against the index before anything is rewritten
+        drawn = draw_pictures(run.model, runs.run_data(run.config), zoo.ROOT / name, cpu)
+        zoo.reindex(name)
+        print(f"zoo:{name}: drew {', '.join(drawn)}")
+        return 0
+    if args.run is None or args.name is None or not args.command:
+        p.error("give RUN NAME --command, or --redraw NAME")
     summary = storage.read_json(args.run / runs.SUMMARY)
     config = runs.read_config(args.run)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
@@ -68,7 +85,7 @@ def main() -> int:
     zoo.pack(args.run, args.name, card)  # the figures below are measured on the packed weights
     run = runs.load_run(f"zoo:{args.name}")
     data = runs.run_data(config)
-    cpu = torch.device("cpu")
+    draw_pictures(run.model, data, args.run, cpu)  # into the run folder, which the second pack copies
     defaults = type(run.model).eval_defaults
     ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
                                                  "ode_steps": args.ode_steps}), cpu, log=print)

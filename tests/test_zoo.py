@@ -10,7 +10,7 @@ import torch
 from conftest import LocalServer, assert_one_clear_error, tiny_vae_config
 from genzoo import runs, storage, zoo
 from genzoo.errors import ConfigError, RunError
-from genzoo.trainer import train_run
+from genzoo.trainer import draw_pictures, train_run
 
 CARD = {"family": "vae", "kind": "bound", "dataset": "mnist", "cpu_hours": 0.001, "command": "genzoo train vae --tiny",
         "steps": 3, "epochs": 1, "genzoo_version": "0.1.0", "commit": "0123456789abcdef", "date": "2026-11-26",
@@ -61,6 +61,28 @@ def test_a_damaged_or_substituted_file_is_refused_in_one_sentence(root, run_cli)
         runs.load_run("zoo:tiny-vae")
     code, _, err = run_cli("sample", "zoo:tiny-vae", "--n", "4")
     assert_one_clear_error(code, err, "zoo:tiny-vae", "model.safetensors", "SHA-256")
+
+
+def test_redrawn_pictures_are_refused_until_reindexed_and_the_entry_keeps_its_url(root):
+    """A zoo model's pictures drawn again from its weights (scripts/zoo_add.py --redraw) change files the index
+    vouches for: the model is refused until the index is rewritten from the folder."""
+    folder = root / "tiny-vae"
+    before = zoo.read_index()["tiny-vae"]
+    index = storage.read_json(root / zoo.INDEX)
+    index["models"]["tiny-vae"]["url"] = "https://example.org/zoo/tiny-vae"
+    storage.write_json(root / zoo.INDEX, index)
+    run = runs.load_run("zoo:tiny-vae")
+    drawn = draw_pictures(run.model, runs.run_data(run.config), folder, torch.device("cpu"), quick=True)
+    assert set(drawn) == {"samples.png", "recon.png", "interp.png"}
+    (folder / "samples.png").write_bytes((folder / "samples.png").read_bytes() + b"\0")  # surely different
+    with pytest.raises(RunError, match="fails its SHA-256 check"):
+        runs.load_run("zoo:tiny-vae")
+    after = zoo.reindex("tiny-vae")
+    assert runs.load_run("zoo:tiny-vae").model is not None
+    assert after["url"] == "https://example.org/zoo/tiny-vae" and set(after["files"]) == set(before["files"])
+    assert after["files"]["samples.png"] != before["files"]["samples.png"]
+    assert after["files"]["model.safetensors"] == before["files"]["model.safetensors"]
+    assert after["bytes"] == sum(p.stat().st_size for p in folder.iterdir())
 
 
 def test_an_unknown_name_lists_the_zoo(root, run_cli):

@@ -24,7 +24,8 @@ from genzoo.errors import RunError
 PICTURES = {  # file stem -> caption, in the order they are shown
     "samples": "Samples",
     "recon": "Reconstructions: each test image beside its reconstruction",
-    "interp": "Interpolations in latent space",
+    "interp": "Interpolations through the latent space: between the codes of two test images (VAE), their "
+              "ODE-inverted noises (DDPM, flow), or two random codes (GAN)",
     "trajectory": "Denoising trajectory, x_T to x_0",
     "completions": "Completions of the bottom half",
     "temperatures": "Samples at lower prior temperatures",

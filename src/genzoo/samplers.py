@@ -22,7 +22,7 @@ of evenly spaced timesteps:
     dpm++2m   DPM-Solver++(2M), Lu et al. 2022 Algorithm 2: multistep, second order, one evaluation per step.
 
 Flow matching (Lipman et al. 2023; Liu et al. 2023), the ODE dx_t/dt = v(x_t, t) from t = 1 (noise) to 0:
-    euler, heun, midpoint on evenly spaced times.
+    euler, heun, midpoint on evenly spaced times; ``flow_invert`` runs the same ODE forwards, image to noise.
 """
 
 from __future__ import annotations
@@ -212,6 +212,17 @@ def _flow_sampler(method: str):
             return model_fn(x, torch.full((x.shape[0],), t, device=x.device))
         return solve_ode(method, f, noise, grid, progress=progress, trajectory=trajectory)
     return run
+
+
+def flow_invert(model_fn: ModelFn, x0: torch.Tensor, steps: int = 20, method: str = "heun",
+                progress: bool = False) -> torch.Tensor:
+    """The flow's deterministic encoder: dx/dt = v(x, t) integrated forwards, from the data at t = 0 to the noise
+    at t = 1, on the evenly spaced times its samplers visit backwards."""
+    grid = [float(v) for v in np.linspace(0.0, 1.0, steps + 1)]
+
+    def f(x, t):
+        return model_fn(x, torch.full((x.shape[0],), t, device=x.device))
+    return solve_ode(method, f, x0, grid, progress=progress)
 
 
 FLOW_SAMPLERS: dict[str, Sampler] = {s.name: s for s in (

@@ -332,12 +332,8 @@ class Trainer:
         if mode == "auto":  # a smoke run is not kept waiting by an evaluation many times longer than its training
             mode = "full" if s.epoch >= 1 else "quick"
         quick = mode != "full"
-        test_x = eval_tensor(model, self.data, "test", 64).to(self.device)
         tick = time.perf_counter()
-        with isolated_rng(PICTURE_SEED, self.device):
-            gen = torch.Generator(device=self.device).manual_seed(PICTURE_SEED)
-            for name, grid in model.pictures(test_x, gen, quick=quick).items():
-                save_grid(grid, self.run_dir / f"{name}.png")
+        draw_pictures(model, self.data, self.run_dir, self.device, quick)
         picture_seconds = time.perf_counter() - tick
         if mode == "quick" and model.quick_eval is None:
             mode = "skip"
@@ -366,6 +362,20 @@ class Trainer:
         }
         storage.write_json(self.run_dir / runs.SUMMARY, summary)
         return summary
+
+
+def draw_pictures(model: GenerativeModel, data: ImageDataset, folder: Path, device: torch.device,
+                  quick: bool = False) -> list[str]:
+    """Draw the family's pictures (samples.png and the rest, from the first 64 test images and fixed noise) into
+    ``folder``; ``quick`` draws fewer sampler steps and leaves out the costly ones. Returns the file names."""
+    test_x = eval_tensor(model, data, "test", 64).to(device)
+    written = []
+    with isolated_rng(PICTURE_SEED, device):
+        gen = torch.Generator(device=device).manual_seed(PICTURE_SEED)
+        for name, grid in model.pictures(test_x, gen, quick=quick).items():
+            save_grid(grid, folder / f"{name}.png")
+            written.append(f"{name}.png")
+    return written
 
 
 def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callable[[str], None] = print,

@@ -126,9 +126,18 @@ def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: st
     storage.write_json(folder / CARD, card)
     for f, result in (results or {}).items():
         storage.write_json(folder / f, result)
-    files = {f: sha256_file(folder / f) for f in sorted({WEIGHTS, CARD, *kept, *(results or {})})}
+    return reindex(name, root, url)
+
+
+def reindex(name: str, root: Path | None = None, url: str | None = None) -> dict:
+    """(Re)write the index entry of zoo model ``name`` from the files in its folder: each file's SHA-256 and the
+    total size (after ``pack``, or after its pictures were redrawn). Returns the entry."""
+    root = root or ROOT
+    folder = root / name
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     index_path = root / INDEX
     index = storage.read_json(index_path) if index_path.is_file() else {"format": 1, "models": {}}
+    url = url or index["models"].get(name, {}).get("url")
     index["models"][name] = {"files": files, "bytes": sum((folder / f).stat().st_size for f in files),
                              **({"url": url} if url else {})}
     index["models"] = dict(sorted(index["models"].items()))

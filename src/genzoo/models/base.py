@@ -207,3 +207,9 @@ class ImagesOrPoints(GenerativeModel):
         from genzoo.plots import density_image, points_extent
         extent = points_extent(reference)
         return torch.stack([density_image(c, extent) for c in clouds])[None]
+
+
+def interpolation_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four pairs of validation images for an interpolation picture (images 16 to 23, or fewer repeated)."""
+    pick = torch.arange(16, 24, device=x.device) % len(x)
+    return x[pick[::2]], x[pick[1::2]]

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
-from genzoo.models.base import DensityKind, GenerativeModel, Preset
+from genzoo.models.base import DensityKind, GenerativeModel, Preset, interpolation_pairs
 from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
-                                     dequantised_log_prob, drop_labels, guided, to_image, to_model_space)
+                                     dequantised_log_prob, drop_labels, guided, noise_path, to_image,
+                                     to_model_space)
 from genzoo.options import GUIDANCE, LABEL
 from genzoo.samplers import CLIP, DIFFUSION_SAMPLERS, ETA, SPACING, STEPS, get_sampler, sampler_choice
 
@@ -441,6 +442,14 @@ class DDPM(GenerativeModel):
         tau = timestep_subsequence(self.diffusion.timesteps, steps, spacing)
         return self.diffusion.ddim_invert(self.model_fn(), self.to_model_space(x), tau, progress)
 
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, frames: int = 10, steps: int = 50) -> torch.Tensor:
+        """Decode (DDIM, eta = 0) the spherical path between the DDIM-inverted x_T of uint8-view images x1 and x2,
+        as in Song et al. 2021, section 5.3: [N x frames x C x H x W] in [0, 1]."""
+        path = noise_path(self.invert(x1, steps), self.invert(x2, steps), frames)
+        images = self.sample(len(path), noise=path, sampler="ddim", steps=steps, eta=0.0)
+        return images.reshape(len(x1), frames, *self.image_shape)
+
     def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
         return balanced_labels(self.cfg, n, device)
 
@@ -454,4 +463,7 @@ class DDPM(GenerativeModel):
         # 4 samples' paths from noise to image, 10 snapshots each
         picks = np.linspace(0, len(trajectory) - 1, 10).round().astype(int)
         strip = torch.stack([self.to_image(trajectory[i][1][:4]) for i in picks], dim=1)  # (4, 10, C, H, W)
-        return {"samples": samples.reshape(10, 10, *self.image_shape), "trajectory": strip}
+        out = {"samples": samples.reshape(10, 10, *self.image_shape), "trajectory": strip}
+        if not quick:  # 4 pairs: 8 inversions and 40 decodings of 50 evaluations each
+            out["interp"] = self.interpolate(*interpolation_pairs(x))
+        return out

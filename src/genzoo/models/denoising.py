@@ -1,5 +1,6 @@
 """What the two families built on the U-Net share (DDPM and flow matching): the network's settings, the label
-dropout that trains classifier-free guidance, and the guided model function (Ho & Salimans 2022)."""
+dropout that trains classifier-free guidance, the guided model function (Ho & Salimans 2022), and the path
+between two images through their noise."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genzoo import theory
 from genzoo.config import option
 from genzoo.data.views import dequantize
 from genzoo.nets.unet import UNet
@@ -113,3 +115,14 @@ def balanced_labels(cfg: DenoiserConfig, n: int, device: torch.device) -> torch.
     if not cfg.class_cond:
         return None
     return torch.arange(n, device=device) % cfg.num_classes
+
+
+def noise_path(z1: torch.Tensor, z2: torch.Tensor, frames: int) -> torch.Tensor:
+    """Spherical interpolation between the noises z1, z2 [N x C x H x W] of two images, the path of the DDIM paper's
+    interpolations (Song et al. 2021, section 5.3): Gaussian noise lives near a sphere, which a straight line
+    would leave. Returns [N * frames x C x H x W], each image's frames in a row."""
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2, got {frames}")
+    t = torch.linspace(0.0, 1.0, frames, device=z1.device)
+    return theory.slerp(z1.flatten(1), z2.flatten(1), t).reshape(-1, *z1.shape[1:])
+

@@ -26,11 +26,12 @@ import torch
 from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
-from genzoo.models.base import DensityKind, GenerativeModel, Preset
+from genzoo.models.base import DensityKind, GenerativeModel, Preset, interpolation_pairs
 from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
-                                     dequantised_log_prob, drop_labels, guided, to_image, to_model_space)
+                                     dequantised_log_prob, drop_labels, guided, noise_path, to_image,
+                                     to_model_space)
 from genzoo.options import GUIDANCE, LABEL
-from genzoo.samplers import FLOW_SAMPLERS, STEPS, get_sampler, sampler_choice
+from genzoo.samplers import FLOW_SAMPLERS, STEPS, flow_invert, get_sampler, sampler_choice
 
 TIME_SCALE = 1000.0  # t in [0, 1] enters the U-Net's sinusoidal embedding as 1000 t, the range DDPM timesteps span
 
@@ -90,6 +91,7 @@ class Flow(GenerativeModel):
     sample_options = (sampler_choice(FLOW_SAMPLERS, "heun"), STEPS, LABEL, GUIDANCE)
     class_conditional = True
     channels_supported = (1, 3)
+    can_invert = True
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 200, "grad_clip": 1.0,
                       "ema_decay": 0.999, "ema_warmup": True}
     presets = {"zoo": Preset(
@@ -154,6 +156,21 @@ class Flow(GenerativeModel):
         x = chosen(self.process, self.model_fn(y, guidance), noise, generator, progress, trajectory, **options)
         return self.to_image(x)
 
+    @torch.no_grad()
+    def invert(self, x: torch.Tensor, steps: int = 20, progress: bool = False) -> torch.Tensor:
+        """uint8-view images [N x C x H x W] (values 0..255) to their noise at t = 1, by Heun's method on the
+        (unconditional) ODE run forwards: the deterministic encoder that ``sample(..., noise=latent,
+        sampler="heun", steps=steps)`` decodes."""
+        return flow_invert(self.model_fn(), self.to_model_space(x), steps, "heun", progress)
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, frames: int = 10, steps: int = 20) -> torch.Tensor:
+        """Decode the spherical path between the noises of uint8-view images x1 and x2: [N x frames x C x H x W]
+        in [0, 1], whose first and last frames reconstruct x1 and x2 up to the solver's error."""
+        path = noise_path(self.invert(x1, steps), self.invert(x2, steps), frames)
+        images = self.sample(len(path), noise=path, sampler="heun", steps=steps)
+        return images.reshape(len(x1), frames, *self.image_shape)
+
     def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
         return balanced_labels(self.cfg, n, device)
 
@@ -165,4 +182,7 @@ class Flow(GenerativeModel):
                               steps=8 if quick else 20)
         picks = np.linspace(0, len(trajectory) - 1, 10).round().astype(int)
         strip = torch.stack([self.to_image(trajectory[i][1][:4]) for i in picks], dim=1)  # (4, 10, C, H, W)
-        return {"samples": samples.reshape(10, 10, *self.image_shape), "trajectory": strip}
+        out = {"samples": samples.reshape(10, 10, *self.image_shape), "trajectory": strip}
+        if not quick:  # 4 pairs: 8 inversions and 40 decodings of 39 evaluations each
+            out["interp"] = self.interpolate(*interpolation_pairs(x))
+        return out

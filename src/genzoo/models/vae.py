@@ -19,7 +19,7 @@ import torch
 from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
-from genzoo.models.base import DensityKind, GenerativeModel
+from genzoo.models.base import DensityKind, GenerativeModel, interpolation_pairs
 from genzoo.nets import MLP, ConvDecoder, ConvEncoder
 
 
@@ -188,8 +188,7 @@ class VAE(GenerativeModel):
         recon = torch.stack([self.as_image(originals), self.reconstruct(originals)], dim=1)  # (k, 2, C, H, W)
         # rows of 4 (original, reconstruction) pairs (one pair a row for a tiny validation split)
         recon = recon.reshape(-1, 8 if len(originals) % 4 == 0 else 2, *self.image_shape)
-        pick = torch.arange(16, 24, device=x.device) % len(x)  # other images than the reconstructed ones
-        interp = self.interpolate(x[pick[::2]], x[pick[1::2]], steps=10, mode="slerp")  # (4, 10, C, H, W)
+        interp = self.interpolate(*interpolation_pairs(x), steps=10, mode="slerp")  # (4, 10, C, H, W)
         return {"samples": samples, "recon": recon, "interp": interp}
 
 
