@@ -110,6 +110,12 @@ def test_zoo_models_work_from_the_cli_and_write_into_the_working_folder(root, ru
     assert ("<code>genzoo train vae --tiny</code>: 0.00 CPU-hours, 3 steps, 1 epoch, on Test CPU (avx2), 2 cores, "
             "1 torch thread, torch 2; genzoo 0.1.0 at commit 0123456789, 2026-11-26.</p>") in page
     assert "<td>-ELBO</td><td class=num>200 ± 1.5</td><td>nats</td><td class=num>64</td>" in page
+    code, out, _ = run_cli("report", "--zoo", "--out", tmp_path / "zoo.html")
+    assert code == 0 and "1 run(s)" in out
+    page = (tmp_path / "zoo.html").read_text()
+    assert "<h1>the genzoo zoo</h1>" in page and "<h2>zoo:tiny-vae</h2>" in page and "works offline" in page
+    code, _, err = run_cli("report", "--out", tmp_path / "none.html")
+    assert_one_clear_error(code, err, "--zoo")
 
 
 def test_a_model_listed_with_a_url_is_fetched_verified_into_the_cache(root, tmp_path):

@@ -108,7 +108,8 @@ def build_parser() -> Parser:
     b.add_argument("--device", default="auto", choices=DEVICES)
 
     r = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
-    r.add_argument("runs", type=run_argument, nargs="+", metavar="RUN", help="run folders or zoo:NAME")
+    r.add_argument("runs", type=run_argument, nargs="*", metavar="RUN", help="run folders or zoo:NAME")
+    r.add_argument("--zoo", action="store_true", help="every model of the zoo (after the RUNs given)")
     r.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
 
     fe = sub.add_parser("features", help="train the feature network of FID and KID for another data set",
@@ -401,8 +402,12 @@ def cmd_report(args) -> int:
         raise ConfigError(f"--out must name an .html file; got {args.out}.")
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: the folder {args.out.parent} does not exist.")
-    out = write_report(args.runs, args.out)
-    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB, {len(args.runs)} run(s))")
+    chosen = list(args.runs) + ([zoo.PREFIX + name for name in zoo.names()] if args.zoo else [])
+    if not chosen:
+        raise ConfigError("give the run folders or zoo:NAMEs to report on, or --zoo for every zoo model.")
+    title = "the genzoo zoo" if args.zoo and not args.runs else "genzoo report"
+    out = write_report(chosen, args.out, title)
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB, {len(chosen)} run(s))")
     return 0
 
 

@@ -129,7 +129,10 @@ def render(records: list[dict], title: str = "genzoo report") -> str:
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{len(records)} run(s), written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}. Test NLL in "
              "the units of each family's data view ('≤' marks an upper bound, '—' no likelihood); FID and KID in "
-             "genzoo's feature space.</p>",
+             "genzoo's feature space." + (" Every zoo:NAME below ships inside genzoo and works offline: "
+                                          "<code>genzoo sample zoo:NAME</code> draws from it, <code>genzoo zoo NAME"
+                                          "</code> shows its card." if any(r["card"] for r in records) else "")
+             + "</p>",
              "<h2>Leaderboard</h2>",
              '<div id="leaderboard">' + _table(
                  ["run", "family", "density kind", "view", "data", "test NLL", "FID", "KID", "FID samples",
@@ -154,10 +157,10 @@ def render(records: list[dict], title: str = "genzoo report") -> str:
     return "\n".join(parts)
 
 
-def write_report(run_dirs: list[str | Path], out: Path) -> Path:
+def write_report(run_dirs: list[str | Path], out: Path, title: str = "genzoo report") -> Path:
     """The page for run folders and zoo:NAMEs, written atomically to ``out``."""
     records = [run_record(d) for d in run_dirs]  # every folder is read before anything is written
     out = Path(out)
-    text = render(records)
+    text = render(records, title)
     storage.atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out
