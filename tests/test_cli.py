@@ -189,7 +189,7 @@ def trained_ddpm(tmp_path_factory):
 def test_ddpm_trains_and_writes_its_pictures(trained_ddpm):
     run, p = trained_ddpm
     assert "bits/dim" in p.stdout and "4 examples" in p.stdout
-    for name in ("samples.png", "trajectory.png", "curves.png", "summary.json", "model.safetensors"):
+    for name in ("samples.png", "trajectory.png", "interp.png", "curves.png", "summary.json", "model.safetensors"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["ema_decay"] == 0.999 and config["model"]["class_cond"] is True  # diffusion defaults

@@ -443,9 +443,11 @@ class DDPM(GenerativeModel):
         return self.diffusion.ddim_invert(self.model_fn(), self.to_model_space(x), tau, progress)
 
     @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, frames: int = 10, steps: int = 50) -> torch.Tensor:
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, frames: int = 10,
+                    steps: int | None = None) -> torch.Tensor:
         """Decode (DDIM, eta = 0) the spherical path between the DDIM-inverted x_T of uint8-view images x1 and x2,
-        as in Song et al. 2021, section 5.3: [N x frames x C x H x W] in [0, 1]."""
+        as in Song et al. 2021, section 5.3: [N x frames x C x H x W] in [0, 1]. Steps: 50 or T if fewer."""
+        steps = min(50, self.diffusion.timesteps) if steps is None else steps
         path = noise_path(self.invert(x1, steps), self.invert(x2, steps), frames)
         images = self.sample(len(path), noise=path, sampler="ddim", steps=steps, eta=0.0)
         return images.reshape(len(x1), frames, *self.image_shape)
