@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_clear_error
+from genzoo.models import FAMILIES
 
 SMALL = ["--subset", "512", "--epochs", "1", "--batch-size", "64", "--latent-dim", "4", "--hidden", "32",
          "--eval-iwae-k", "8", "--eval-n", "64"]
@@ -97,6 +98,17 @@ def test_a_preset_sets_its_values_over_the_defaults_and_given_flags_win():
     assert new_config("realnvp", train={"epochs": 2}, preset="hour").train.epochs == 2
     with pytest.raises(ConfigError, match="the vae family has no preset 'hour'; its presets: none"):
         new_config("vae", preset="hour")
+
+
+@pytest.mark.parametrize("family, name", [(f, n) for f, cls in FAMILIES.items() for n in cls.presets])
+def test_every_preset_is_a_valid_configuration_that_sets_what_it_names(family, name):
+    from genzoo.runs import new_config
+
+    preset, config = FAMILIES[family].presets[name], new_config(family, preset=name)
+    for part, values in (("model", preset.model), ("train", preset.train)):
+        for key, value in values.items():
+            assert getattr(getattr(config, part), key) == value, (family, name, key)
+    assert preset.about and preset.expect and (preset.model or preset.train)
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -339,8 +351,6 @@ SMALL_NETS = {  # each family's smallest sensible network, so that a two-step sm
 def test_every_family_smoke_runs_from_the_command_line(family, tmp_path, run_cli):
     """Two steps on a slice of real MNIST: a complete run folder, the quick final evaluation (the DDPM's bound
     skipped, saying why), and samples from the saved run."""
-    from genzoo.models import FAMILIES
-
     assert set(SMALL_NETS) == set(FAMILIES)  # a new family gets a smoke run here
     run = tmp_path / family
     code, out, err = run_cli("train", family, *SMALL_NETS[family], "--max-steps", 2, "--batch-size", 32, "--subset", 256, "--eval-n", 16,
