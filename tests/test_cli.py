@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import assert_one_clear_error
@@ -238,6 +239,42 @@ def test_sampler_options_a_family_does_not_take(trained, run_cli):
     assert_one_clear_error(code, err, "the vae family's sampler takes no --class option")
     code, _, err = run_cli("sample", run, "--steps", 10)
     assert_one_clear_error(code, err, "takes no --steps option")
+
+
+def test_interpolation_between_two_image_files_is_the_models_path(trained, trained_ddpm, trained_pixelcnn, tmp_path,
+                                                                  run_cli):
+    """`genzoo sample RUN --interpolate A.png B.png` writes one row of --n frames: the model's own interpolate() of
+    the two files read in its view (VAE: binarised; DDPM: the 8-bit integers, with --steps)."""
+    import numpy as np
+    from genzoo import runs
+    from genzoo.plots import grid_image
+
+    g = torch.Generator().manual_seed(0)
+    files = []
+    for name in ("a.png", "b.png"):
+        pixels = torch.randint(0, 256, (28, 28), generator=g, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy(), mode="L").save(tmp_path / name)
+        files.append(tmp_path / name)
+    for (run, _), extra in ((trained, []), (trained_ddpm, ["--steps", 20])):
+        out = tmp_path / f"{run.name}-path.png"
+        code, stdout, err = run_cli("sample", run, "--interpolate", *files, "--n", 5, *extra, "--out", out)
+        assert code == 0 and "wrote 5 frames of the interpolation" in stdout, err
+        model = runs.load_run(run).model
+        a, b = (model.from_image(torch.from_numpy(np.asarray(Image.open(f)).copy())[None])[None] for f in files)
+        expected = grid_image(model.interpolate(a, b, frames=5, **({"steps": 20} if extra else {})))
+        written = np.asarray(Image.open(out).convert(expected.mode), dtype=np.int16)
+        assert written.shape == np.asarray(expected).shape == ((30 + 2) * 2, (5 * 30 + 2) * 2)
+        assert np.abs(written - np.asarray(expected, dtype=np.int16)).max() <= 1
+    vae_run, ddpm_run, pixelcnn_run = trained[0], trained_ddpm[0], trained_pixelcnn[0]
+    for run, bad, fragment in ((pixelcnn_run, [], "the pixelcnn family cannot interpolate between images"),
+                               (vae_run, ["--n", 1], "--interpolate needs at least 2 frames"),
+                               (vae_run, ["--steps", 5], "takes no --steps option"),
+                               (ddpm_run, ["--eta", 0.5], "--interpolate takes no --eta"),
+                               (vae_run, ["--complete", files[0]], "give one of them")):
+        code, _, err = run_cli("sample", run, "--interpolate", *files, *bad, "--out", tmp_path / "bad.png")
+        assert_one_clear_error(code, err, fragment)
+    code, _, err = run_cli("sample", vae_run, "--interpolate", files[0], tmp_path / "missing.png")
+    assert_one_clear_error(code, err, "missing.png does not exist")
 
 
 def test_bad_diffusion_options(run_cli):

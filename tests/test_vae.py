@@ -109,7 +109,7 @@ def test_shapes_of_every_method(arch, shape, likelihood):
     assert model.log_likelihood_estimate(x, 7, max_rows=12).shape == (5,)  # chunked over k
     for images in (model.sample(4), model.reconstruct(x)):
         assert images.shape[1:] == shape and images.min() >= 0 and images.max() <= 1
-    path = model.interpolate(x[:2], x[2:4], steps=5, mode="slerp")
+    path = model.interpolate(x[:2], x[2:4], frames=5, mode="slerp")
     assert path.shape == (2, 5, *shape)
     assert torch.allclose(path[:, 0], model.reconstruct(x[:2]), atol=1e-5)
     assert torch.allclose(path[:, -1], model.reconstruct(x[2:4]), atol=1e-5)

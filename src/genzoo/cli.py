@@ -63,7 +63,8 @@ def build_parser() -> Parser:
 
     sample = sub.add_parser("sample", help="draw samples from a trained run")
     sample.add_argument("run", type=run_argument, help="run folder, or zoo:NAME (see genzoo zoo)")
-    sample.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    sample.add_argument("--n", type=int, default=None,
+                        help="number of samples (default 100), or frames of --interpolate (default 10)")
     sample.add_argument("--out", type=Path, default=None,
                         help="PNG file (default RUN/samples-seedS.png; for zoo:NAME, NAME-samples-seedS.png here)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -71,6 +72,9 @@ def build_parser() -> Parser:
     opts = add_sampler_options(sample)
     opts.add_argument("--complete", type=Path, metavar="FILE.png",
                       help="autoregressive: draw --n completions of the bottom half of this image")
+    opts.add_argument("--interpolate", type=Path, nargs=2, metavar=("A.png", "B.png"),
+                      help="vae, ddpm, flow: decode --n frames along the path between the latent codes (the "
+                           "ODE-inverted noises) of two images; ddpm and flow take --steps")
 
     ev = sub.add_parser("eval", help="score a trained run by what its density kind offers, or its samples by FID",
                         description="Score a run: its test likelihood as its density kind allows, or with --fid the "
@@ -232,10 +236,17 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from genzoo.plots import density_image, points_extent, read_image, save_grid
 
+    if args.complete is not None and args.interpolate is not None:
+        raise ConfigError("--complete and --interpolate draw different pictures; give one of them.")
+    if args.n is None:
+        args.n = 10 if args.interpolate is not None else 100
     positive("--n", args.n)
+    if args.interpolate is not None and args.n < 2:
+        raise ConfigError(f"--interpolate needs at least 2 frames (--n); got {args.n}.")
     if args.seed < 0:
         raise ConfigError(f"--seed must be non-negative; got {args.seed}.")
-    what = "completions" if args.complete is not None else "samples"
+    what = ("completions" if args.complete is not None else "interpolation" if args.interpolate is not None
+            else "samples")
     out = args.out if args.out is not None else output_path(args.run, f"{what}-seed{args.seed}.png")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file; got {out}.")
@@ -251,8 +262,22 @@ def cmd_sample(args) -> int:
                               f"autoregressive model (pixelcnn).")
         given = model.from_image(read_image(args.complete, model.image_shape)).to(device)
         x = model.completion_grid(given, args.n, gen, **options)
+    elif args.interpolate is not None:
+        if not model.can_interpolate:
+            raise ConfigError(f"the {model.family} family cannot interpolate between images; --interpolate needs "
+                              f"an encoder (vae) or an invertible sampler (ddpm, flow).")
+        extra = sorted(set(options) - {"progress", "steps"})
+        if extra:
+            raise ConfigError(f"--interpolate takes no --{extra[0]}: the path is decoded deterministically.")
+        a, b = (model.from_image(read_image(f, model.image_shape)).to(device)[None] for f in args.interpolate)
+        steps = {"steps": options["steps"]} if "steps" in options else {}
+        x = model.interpolate(a, b, frames=args.n, **steps)
     else:
         x = model.sample(args.n, gen, **options)
+    if x.dim() == 5:  # an interpolation: one row of frames
+        save_grid(x, out)
+        print(f"wrote {args.n} frames of the {what} to {out}")
+        return 0
     if x.dim() == 2:  # points (toy data): one picture of their density
         x = density_image(x, points_extent(x))[None]
     count = len(x)

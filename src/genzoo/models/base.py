@@ -74,6 +74,8 @@ class GenerativeModel(nn.Module):
     sample_options: ClassVar[tuple[Option, ...]] = ()  # the keyword options of sample(), checked in one place
     can_complete: ClassVar[bool] = False  # complete(x, n): fill in the bottom of an image (autoregressive)
     can_invert: ClassVar[bool] = False  # invert(x): images to their latent noise (deterministic samplers)
+    # interpolate(x1, x2, frames): decode a path between two images' latent codes (or noises)
+    can_interpolate: ClassVar[bool] = False
     class_conditional: ClassVar[bool] = False  # sample(y=...) when trained with labels
     importance_weighted: ClassVar[bool] = False  # log_likelihood_estimate(x, k): an IWAE bound (bound kind)
     ode_likelihood: ClassVar[bool] = False  # ode_log_prob(x, steps, probes): through a probability-flow ODE
@@ -123,8 +125,15 @@ class GenerativeModel(nn.Module):
     def capabilities(cls) -> list[str]:
         """What ``genzoo list`` shows: the sampler options and the other abilities of the family."""
         out = [o.cli_flag for o in cls.sample_options]
-        return out + [name for name, ok in (("--complete", cls.can_complete), ("invert() in Python", cls.can_invert))
-                      if ok]
+        return out + [name for name, ok in (("--complete", cls.can_complete), ("--interpolate", cls.can_interpolate),
+                                            ("invert() in Python", cls.can_invert)) if ok]
+
+    def from_image(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [C x H x W] (a user's image file) -> this model's view values: binarised at 128 for the
+        Bernoulli families, the integers for the 8-bit ones, intensities in [0, 1] otherwise."""
+        if self.view == "binary":
+            return (image >= 128).float()
+        return image.float() if self.view == "uint8" else image.float() / 255.0
 
     def likelihood_options(self, cfg: Any) -> dict:
         """Keyword options of ``log_prob`` taken from an EvalConfig (the flow's ODE steps and probes)."""

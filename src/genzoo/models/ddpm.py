@@ -368,6 +368,7 @@ class DDPM(GenerativeModel):
     class_conditional = True
     channels_supported = (1, 3)
     can_invert = True
+    can_interpolate = True
     ode_likelihood = True
     # EMA weights sample far better than the raw ones (Ho et al. use 0.9999 over 800k steps; CPU runs are short).
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 200, "grad_clip": 1.0,

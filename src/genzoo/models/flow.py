@@ -92,6 +92,7 @@ class Flow(GenerativeModel):
     class_conditional = True
     channels_supported = (1, 3)
     can_invert = True
+    can_interpolate = True
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 200, "grad_clip": 1.0,
                       "ema_decay": 0.999, "ema_warmup": True}
     presets = {"zoo": Preset(

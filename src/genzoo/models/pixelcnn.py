@@ -164,10 +164,6 @@ class PixelCNN(GenerativeModel):
         completions = self.complete(x, n, generator=generator, temperature=temperature, progress=progress)
         return torch.cat([self.to_image(half)[None], completions])
 
-    def from_image(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels [C x H x W] -> this model's view values (binarised at 128 for the Bernoulli head)."""
-        return (image >= 128).float() if self.levels == 2 else image.float()
-
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
         side = 4 if quick else 10  # one pass of the network per pixel: a short run draws 16 samples, not 100
