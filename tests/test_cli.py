@@ -275,6 +275,8 @@ def test_interpolation_between_two_image_files_is_the_models_path(trained, train
         assert_one_clear_error(code, err, fragment)
     code, _, err = run_cli("sample", vae_run, "--interpolate", files[0], tmp_path / "missing.png")
     assert_one_clear_error(code, err, "missing.png does not exist")
+    code, _, err = run_cli("sample", vae_run, "--interpolate", *files)  # no noise is drawn: no seed in the name
+    assert code == 0 and (vae_run / "interpolation.png").is_file(), err
 
 
 def test_bad_diffusion_options(run_cli):

@@ -66,7 +66,8 @@ def build_parser() -> Parser:
     sample.add_argument("--n", type=int, default=None,
                         help="number of samples (default 100), or frames of --interpolate (default 10)")
     sample.add_argument("--out", type=Path, default=None,
-                        help="PNG file (default RUN/samples-seedS.png; for zoo:NAME, NAME-samples-seedS.png here)")
+                        help="PNG file (default RUN/samples-seedS.png, completions-seedS.png or interpolation.png; for "
+                             "zoo:NAME, NAME-samples-seedS.png and so on, here)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--device", default="auto", choices=DEVICES)
     opts = add_sampler_options(sample)
@@ -247,7 +248,8 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--seed must be non-negative; got {args.seed}.")
     what = ("completions" if args.complete is not None else "interpolation" if args.interpolate is not None
             else "samples")
-    out = args.out if args.out is not None else output_path(args.run, f"{what}-seed{args.seed}.png")
+    default_name = f"{what}.png" if args.interpolate is not None else f"{what}-seed{args.seed}.png"  # (no noise)
+    out = args.out if args.out is not None else output_path(args.run, default_name)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file; got {out}.")
     device = pick_device(args.device)
