@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_vae_config
 from genzoo import load_run, runs, storage
-from genzoo.errors import RunError
+from genzoo.errors import ConfigError, RunError
 from genzoo.models.vae import VAE, VAEConfig
 
 
@@ -203,3 +203,22 @@ def test_a_safetensors_header_that_lies_about_its_sizes_is_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)  # claims 4 TiB, holds 16 bytes
     with pytest.raises(RunError, match="not a readable safetensors file"):
         storage.load_tensors(path)
+
+
+def test_a_resume_under_a_time_limit_already_spent_is_one_sentence_and_changes_nothing(tmp_path):
+    """--time-limit counts every sitting's minutes: resuming with a limit the run has already used would stop at
+    once, so it is refused before anything in the run folder is written."""
+    from conftest import tiny_vae_config
+
+    from genzoo.trainer import train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_vae_config(epochs=1), run, log=lambda m: None)
+    spent = storage.read_json(run / runs.SUMMARY)["train_wall_time_s"] / 60
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"has trained [0-9.]+ minutes already, and --time-limit counts"):
+        train_run(tiny_vae_config(epochs=2, time_limit=spent / 2), run, resume=True, log=lambda m: None)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    lines = []
+    train_run(tiny_vae_config(epochs=2, time_limit=spent + 10), run, resume=True, log=lines.append)
+    assert any(line.startswith(f"resuming {run} at epoch 2, step 8, after") for line in lines)

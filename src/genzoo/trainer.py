@@ -397,7 +397,12 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
             trainer = Trainer(model, out, cfg, data, log=log, progress_bar=progress_bar, ctx=ctx)
             if resume and (out / runs.CHECKPOINT).is_file():
                 trainer.load_checkpoint()  # before anything else is written: a damaged checkpoint changes nothing
-                trainer.log(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+                spent = trainer.state.train_seconds / 60
+                if cfg.train.time_limit and spent >= cfg.train.time_limit:
+                    raise ConfigError(f"{out} has trained {spent:.1f} minutes already, and --time-limit counts the "
+                                      f"minutes of every sitting: give more than {spent:.1f} to train on.")
+                trainer.log(f"resuming {out} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}, after "
+                            f"{spent:.1f} minutes of training")
             if ctx.active:  # each rank draws the model's own noise (z, epsilon, Langevin) from its own stream
                 torch.manual_seed(cfg.train.seed + 7919 * (ctx.rank + 1) + trainer.state.step)
             if ctx.is_main:
