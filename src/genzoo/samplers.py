@@ -204,13 +204,15 @@ DIFFUSION_SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
 
 
 # --- flow matching -------------------------------------------------------------------------------------------
+def _velocity(model_fn: ModelFn) -> Field:
+    """v(x, t) at one time t for the whole batch."""
+    return lambda x, t: model_fn(x, torch.full((x.shape[0],), t, device=x.device))
+
+
 def _flow_sampler(method: str):
     def run(flow, model_fn, noise, generator, progress, trajectory, steps: int = 20):
         grid = [float(v) for v in np.linspace(1.0, 0.0, steps + 1)]
-
-        def f(x, t):
-            return model_fn(x, torch.full((x.shape[0],), t, device=x.device))
-        return solve_ode(method, f, noise, grid, progress=progress, trajectory=trajectory)
+        return solve_ode(method, _velocity(model_fn), noise, grid, progress=progress, trajectory=trajectory)
     return run
 
 
@@ -219,10 +221,7 @@ def flow_invert(model_fn: ModelFn, x0: torch.Tensor, steps: int = 20, method: st
     """The flow's deterministic encoder: dx/dt = v(x, t) integrated forwards, from the data at t = 0 to the noise
     at t = 1, on the evenly spaced times its samplers visit backwards."""
     grid = [float(v) for v in np.linspace(0.0, 1.0, steps + 1)]
-
-    def f(x, t):
-        return model_fn(x, torch.full((x.shape[0],), t, device=x.device))
-    return solve_ode(method, f, x0, grid, progress=progress)
+    return solve_ode(method, _velocity(model_fn), x0, grid, progress=progress)
 
 
 FLOW_SAMPLERS: dict[str, Sampler] = {s.name: s for s in (

@@ -125,4 +125,3 @@ def noise_path(z1: torch.Tensor, z2: torch.Tensor, frames: int) -> torch.Tensor:
         raise ValueError(f"frames must be at least 2, got {frames}")
     t = torch.linspace(0.0, 1.0, frames, device=z1.device)
     return theory.slerp(z1.flatten(1), z2.flatten(1), t).reshape(-1, *z1.shape[1:])
-
