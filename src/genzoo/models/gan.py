@@ -91,8 +91,8 @@ class GAN(ImagesOrPoints):
     presets = {"zoo": Preset(
         "hinge loss, spectral norm in the discriminator and an EMA of the generator with warm-up (Brock et al. "
         "2019), 12 epochs at a constant lr: the recipe of the zoo's GAN",
-        "FID 73.4 on 2,000 samples after 8 of its 12 epochs (2.6 hours on one thread, AMD EPYC, AVX2, fp32; the "
-        "5-epoch defaults: 268); BENCHMARKS.md",
+        "FID 43.8 on 10,000 samples (zoo:gan-mnist; the 5-epoch defaults: 268 on 2,000), 3.9 hours on one thread "
+        "(AMD EPYC, AVX2, fp32); BENCHMARKS.md",
         model={"loss": "hinge", "spectral_norm": True}, train={"epochs": 12, "ema_decay": 0.999, "ema_warmup": True})}
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, ...]):
