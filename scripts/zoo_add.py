@@ -2,7 +2,7 @@
 weights on the full protocol, and write the model card from those scores.
 
     python scripts/zoo_add.py RUN NAME --command "genzoo train vae --out runs/vae-mnist" [--fid-n 10000]
-        [--sampler ddim --steps 50] [--guidance 1.5] [--eval-n 0] [--iwae-k 1000] [--threads 1]
+        [--sampler ddim --steps 50] [--guidance 1.5] [--temperature 0.8] [--eval-n 0] [--iwae-k 1000] [--threads 1]
 
 Figures are measured on the zoo copy (zoo:NAME), not on the run, so the card describes what users load: the
 likelihood the family's kind allows on --eval-n test images (0 = all 10,000), and FID/KID of --fid-n samples in
@@ -60,6 +60,8 @@ def main() -> int:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None, help="class-conditional models: the guidance scale")
+    p.add_argument("--temperature", type=float, default=None, help="realnvp, gan: the prior's temperature of the "
+                                                                   "scored samples (stated with the figure)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -91,7 +93,8 @@ def main() -> int:
                                                  "ode_steps": args.ode_steps}), cpu, log=print)
     card["figures"] += likelihood_figures(ev)
     results = {runs.eval_file("test"): ev}
-    sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance))
+    sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance),
+                                                   ("temperature", args.temperature))
                if v is not None}
     if args.fid_n:
         q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)

@@ -81,6 +81,23 @@ def test_an_unnormalised_model_offers_energy_only():
     assert "diverging" in model.diagnose({"val_energy_data": 5e3})[0] and model.diagnose({"val_energy_data": 1}) == []
 
 
+def test_short_run_chains_start_from_noise_whatever_the_buffer_holds():
+    """The short-run preset (reinit 1): a training step's negatives are K SGLD steps from fresh noise, so they do not
+    depend on what the (unused) buffer holds, and the pictures show no buffer."""
+    preset = EBM.presets["short-run"].model
+    model = EBM(EBMConfig(channels=4, hidden=8, **{**preset, "sgld_steps": 2, "sample_steps": 2}), (1, 8, 8))
+    negatives = []
+    for fill in (-1.0, 1.0):
+        model.replay.fill_(fill)
+        torch.manual_seed(0)
+        negatives.append(model.negatives(5))
+    assert torch.equal(*negatives)
+    with_buffer = EBM(EBMConfig(channels=4, hidden=8, buffer_size=4, sgld_steps=1, sample_steps=2), (1, 8, 8))
+    g = torch.Generator().manual_seed(0)
+    assert set(model.pictures(torch.rand(4, 1, 8, 8), g, quick=True)) == {"samples"}
+    assert set(with_buffer.pictures(torch.rand(4, 1, 8, 8), g, quick=True)) == {"samples", "buffer"}
+
+
 def test_exploding_energies_stop_training_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
     from genzoo import runs
     from genzoo.config import EvalConfig, TrainConfig
