@@ -8,6 +8,8 @@ interruption and it continues the training, and reuses finished evaluations.
     python benchmarks/vae_mnist.py                                   # the chapter's MLP configuration
     python benchmarks/vae_mnist.py --hidden 1024 --tag wide          # wider layers, same 10 epochs
     python benchmarks/vae_mnist.py --arch conv --epochs 50 --tag conv  # the stretch configuration
+    python benchmarks/vae_mnist.py --train-k 5 --latent-dim 50 --epochs 45 --ks 1000 --tag iwae
+                                                    # the IWAE recipe (genzoo train vae --preset iwae)
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--latent-dim", type=int, default=32)
+    p.add_argument("--train-k", type=int, default=1, help="importance samples of the training bound (1 = the ELBO)")
     p.add_argument("--ks", default="1000,5000", help="IWAE k values to evaluate, comma-separated")
     p.add_argument("--tag", default="", help="suffix of the run and result names")
     args = p.parse_args()
@@ -56,7 +60,7 @@ def main() -> int:
     result_path = HERE / "results" / f"{name}.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
     cfg = runs.new_config(
-        "vae", {"latent_dim": 32, "arch": args.arch, "hidden": args.hidden},
+        "vae", {"latent_dim": args.latent_dim, "arch": args.arch, "hidden": args.hidden, "train_k": args.train_k},
         {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": args.lr_schedule,
          "seed": 0, "final_eval": "full"},
         {"iwae_k": 1, "n": 0})  # the figures below are computed separately, with several k
