@@ -88,7 +88,7 @@ def test_list_names_families_kinds_and_datasets(run_cli):
     assert "grey and colour images of height and width divisible by 2^(scales - 1) (4 by default)" in out
 
 
-def test_a_preset_sets_its_values_over_the_defaults_and_given_flags_win():
+def test_a_preset_sets_its_values_over_the_defaults_and_given_flags_win(monkeypatch):
     from genzoo.errors import ConfigError
     from genzoo.runs import new_config
 
@@ -97,6 +97,9 @@ def test_a_preset_sets_its_values_over_the_defaults_and_given_flags_win():
     assert (preset.model.hidden, preset.train.epochs) == (32, 8)
     assert preset.train.lr == plain.train.lr  # what the preset does not name stays the family's default
     assert new_config("realnvp", train={"epochs": 2}, preset="hour").train.epochs == 2
+    with pytest.raises(ConfigError, match="the vae family has no preset 'hour'; its presets: iwae."):
+        new_config("vae", preset="hour")
+    monkeypatch.setattr(FAMILIES["vae"], "presets", {})
     with pytest.raises(ConfigError, match="the vae family has no preset 'hour'; its presets: none"):
         new_config("vae", preset="hour")
 
