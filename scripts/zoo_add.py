@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from genzoo import __version__, runs, storage, zoo
+from genzoo.cli import add_sampler_options, sampler_options
 from genzoo.config import EvalConfig
 from genzoo.devices import describe_machine
 from genzoo.evaluate import evaluate, sample_quality
@@ -57,11 +58,7 @@ def main() -> int:
     p.add_argument("--iwae-k", type=int, default=1000)
     p.add_argument("--ode-steps", type=int, default=50)
     p.add_argument("--fid-n", type=int, default=10_000)
-    p.add_argument("--sampler", default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None, help="class-conditional models: the guidance scale")
-    p.add_argument("--temperature", type=float, default=None, help="realnvp, gan: the prior's temperature of the "
-                                                                   "scored samples (stated with the figure)")
+    add_sampler_options(p)  # genzoo sample's flags (--sampler, --steps, --guidance, --temperature, ...)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -86,6 +83,7 @@ def main() -> int:
             "machine": describe_machine(), "date": datetime.date.today().isoformat(), "figures": []}
     zoo.pack(args.run, args.name, card)  # the figures below are measured on the packed weights
     run = runs.load_run(f"zoo:{args.name}")
+    sampler = sampler_options(args, run.model, cpu, args.fid_n)  # checked against the family's declaration first
     data = runs.run_data(config)
     draw_pictures(run.model, data, args.run, cpu)  # into the run folder, which the second pack copies
     defaults = type(run.model).eval_defaults
@@ -93,9 +91,6 @@ def main() -> int:
                                                  "ode_steps": args.ode_steps}), cpu, log=print)
     card["figures"] += likelihood_figures(ev)
     results = {runs.eval_file("test"): ev}
-    sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance),
-                                                   ("temperature", args.temperature))
-               if v is not None}
     if args.fid_n:
         q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
         results[runs.FID_EVAL] = q
