@@ -96,12 +96,12 @@ def run_diffusers(args, data, log) -> dict:
     from ddpm_vs_diffusers import diffusers_setup
     from diffusers import DPMSolverMultistepScheduler
 
-    from genzoo.trainer import ema_decay_at, learning_rate
+    from genzoo.trainer import adam, ema_decay_at, learning_rate
 
     torch.manual_seed(0)
     unet, loss_fn = diffusers_setup(32)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
+    opt = adam(unet.parameters(), torch.device("cpu"), lr=1e-3)  # the trainer's kernel
     g = torch.Generator().manual_seed(0)
     images, steps = data.train.images, args.images // 128
     start = time.perf_counter()

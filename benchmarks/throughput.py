@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import sys
 import time
@@ -26,6 +27,7 @@ from genzoo.data import load_dataset
 from genzoo.data.views import get_view
 from genzoo.devices import bf16_supported, channels_last_for, describe_machine, set_channels_last
 from genzoo.models import FAMILIES
+from genzoo.trainer import adam
 
 RESULT = Path(__file__).parent / "results" / "throughput.json"
 
@@ -43,14 +45,16 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
     return 2 * n ** 3 / best / 1e9
 
 
-def family_throughput(name: str, precision: str, batch: int, seconds: float) -> dict:
+def family_throughput(name: str, precision: str, batch: int, seconds: float, kernel: str = "fused") -> dict:
     torch.manual_seed(0)
     cfg = runs.new_config(name)
     data = load_dataset("mnist")
     model = runs.build_model(cfg, data.image_shape)
     set_channels_last(model, channels_last_for(precision, torch.device("cpu")))
     model.train()
-    optimizers = {p: torch.optim.Adam(model.player_parameters(p), lr=1e-4, **model.optimizer_options)
+    optimizers = {p: (adam(model.player_parameters(p), torch.device("cpu"), lr=1e-4, **model.optimizer_options)
+                      if kernel == "fused" else  # the trainer's; or the foreach kernel genzoo trained with before
+                      torch.optim.Adam(model.player_parameters(p), lr=1e-4, **model.optimizer_options))
                   for p in model.players}
     g = torch.Generator().manual_seed(0)
     x = get_view(model.view).train_batch(data.train.images[:batch], g)
@@ -79,7 +83,7 @@ def family_throughput(name: str, precision: str, batch: int, seconds: float) -> 
         step(2 + steps)
         steps += 1
     images_per_s = steps * batch / (time.perf_counter() - tick)
-    return {"family": name, "precision": precision, "batch": batch, "steps_timed": steps,
+    return {"family": name, "precision": precision, "adam": kernel, "batch": batch, "steps_timed": steps,
             "images_per_s": images_per_s, "gflop_per_image": flops / 1e9,
             "achieved_gflop_per_s": images_per_s * flops / 1e9 if flops == flops else None,
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -90,6 +94,8 @@ def main() -> int:
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--precisions", nargs="+", default=None, choices=("fp32", "bf16"),
                    help="default: fp32, and bf16 where it is native")
+    p.add_argument("--adam", nargs="+", default=["fused"], choices=("fused", "foreach"),
+                   help="Adam's kernel: fused (the trainer's) and/or foreach (torch's default), side by side")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seconds", type=float, default=20.0, help="timing per family and precision")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -101,22 +107,23 @@ def main() -> int:
     precisions = args.precisions or (["fp32", "bf16"] if native else ["fp32"])
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     rows = []
-    for name in args.families:
-        for precision in precisions:
-            row = family_throughput(name, precision, args.batch_size, args.seconds)
-            achieved = row["achieved_gflop_per_s"]
-            row["share_of_peak"] = achieved / peaks[precision] if achieved is not None else None
-            rows.append(row)
-            print(f"{name:<9} {precision}  {row['images_per_s']:8.1f} img/s  {row['gflop_per_image']:6.3f} GFLOP/img  "
-                  + (f"{achieved:7.1f} GFLOP/s  {100 * row['share_of_peak']:5.1f} % of the {precision} peak"
-                     if achieved is not None else "FLOPs not countable"), flush=True)
+    for name, precision, kernel in itertools.product(args.families, precisions, args.adam):
+        row = family_throughput(name, precision, args.batch_size, args.seconds, kernel)
+        achieved = row["achieved_gflop_per_s"]
+        row["share_of_peak"] = achieved / peaks[precision] if achieved is not None else None
+        rows.append(row)
+        print(f"{name:<9} {precision} {kernel:<7} {row['images_per_s']:8.1f} img/s  "
+              f"{row['gflop_per_image']:6.3f} GFLOP/img  "
+              + (f"{achieved:7.1f} GFLOP/s  {100 * row['share_of_peak']:5.1f} % of the {precision} peak"
+                 if achieved is not None else "FLOPs not countable"), flush=True)
     result = {"benchmark": "throughput", "date": datetime.date.today().isoformat(), "machine": describe_machine(),
               "threads": torch.get_num_threads(), "bf16_native": native,
               "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
               "matmul_peak_gflop_per_s": peaks, "rows": rows}
     if args.merge and RESULT.is_file():  # keep the rows of families not measured this time
-        measured = {(r["family"], r["precision"]) for r in rows}
-        kept = [r for r in storage.read_json(RESULT).get("rows", []) if (r["family"], r["precision"]) not in measured]
+        key = lambda r: (r["family"], r["precision"], r.get("adam", "foreach"))  # rows before the key: foreach
+        measured = {key(r) for r in rows}
+        kept = [r for r in storage.read_json(RESULT).get("rows", []) if key(r) not in measured]
         result["rows"] = kept + rows
     storage.write_json(RESULT, result)
     print(json.dumps({"matmul_peak_gflop_per_s": peaks, "machine": result["machine"]}, indent=2))

@@ -204,3 +204,26 @@ def test_the_ema_of_a_spectrally_normalised_layer_keeps_its_norm_at_one():
     for name in ("_u", "_v"):
         torch.testing.assert_close(getattr(ema.module.parametrizations.weight[0], name),
                                    getattr(layer.parametrizations.weight[0], name))
+
+
+def test_a_checkpoint_of_the_unfused_adam_resumes_with_the_fused_kernel_to_round_off(tmp_path, monkeypatch):
+    """genzoo before 0.1 trained with Adam's foreach kernel and saved its choice in the checkpoint; a resume takes
+    the kernel of the resuming process (fused on CPU) with the saved moments and step, so it ends where an
+    uninterrupted fused run ends, to round-off — a lost moment or step count would be off by far more."""
+    import genzoo.trainer as trainer
+
+    train_run(tiny_vae_config(epochs=2), tmp_path / "full", **QUIET)
+    fused = trainer.adam
+    monkeypatch.setattr(trainer, "adam", lambda params, device, **o: torch.optim.Adam(params, **o))
+    train_run(tiny_vae_config(epochs=2, max_steps=5), tmp_path / "part", **QUIET)
+    assert json.loads(storage.load_tensors(tmp_path / "part" / runs.CHECKPOINT)[1]["param_groups"])["model"][0][
+        "fused"] is None
+    monkeypatch.setattr(trainer, "adam", fused)
+    train_run(tiny_vae_config(epochs=2), tmp_path / "part", resume=True, **QUIET)
+    groups = json.loads(storage.load_tensors(tmp_path / "part" / runs.CHECKPOINT)[1]["param_groups"])
+    assert groups["model"][0]["fused"] is True
+    a, b = checkpoint_tensors(tmp_path / "full"), checkpoint_tensors(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith(("model.", "optim.")):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

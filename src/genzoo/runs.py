@@ -209,6 +209,10 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
 
 
 # --- the checkpoint ------------------------------------------------------------------------------
+# The optimizer's settings that choose a kernel, not the update: taken from the resuming optimizer.
+OPTIMIZER_IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
+
+
 # One safetensors file: model.*, ema.*, optim.PLAYER.PID.NAME (the optimizer's tensors), rng.* (torch, data and
 # CUDA generator states); its metadata holds the format, the trainer's counters (``progress``) and the optimizers'
 # non-tensor state (param_groups, optim_scalars) as JSON.
@@ -272,6 +276,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module | N
         for k, v in g.items():
             if k != "params" and isinstance(v, list):
                 g[k] = tuple(v)
+    for player, optimizer in optimizers.items():  # how the update is computed belongs to this process, not the file:
+        for saved, live in zip(param_groups[player], optimizer.param_groups):  # a fused CUDA run resumes on any device
+            saved.update({k: live[k] for k in OPTIMIZER_IMPLEMENTATION if k in live})
     load_weights(model, groups["model"], path)
     if ema is not None:
         load_weights(ema, groups["ema"], path)

@@ -53,6 +53,13 @@ def learning_rate(step: int, total_steps: int, base: float, schedule: str, warmu
     return base
 
 
+def adam(params, device: torch.device, **options) -> torch.optim.Adam:
+    """Adam with its fused kernel where torch has one for ``device`` (CPU and CUDA): one pass over each tensor
+    instead of the foreach implementation's several. Its update is the same to round-off; on CPU it makes the step
+    of the chapter's MLP VAE 1.35x faster (BENCHMARKS.md), whose Adam otherwise costs as much as its backward pass."""
+    return torch.optim.Adam(params, fused=device.type in ("cpu", "cuda"), **options)
+
+
 def ema_decay_at(updates: int, decay: float, warmup: bool) -> float:
     """The EMA decay after ``updates`` updates: fixed, or with the warm-up min(decay, (1 + n) / (10 + n)) (the
     num_updates rule of TensorFlow's ExponentialMovingAverage), so that a short run's average does not lag
@@ -112,8 +119,8 @@ class Trainer:
         # what runs the loss methods: the DDP wrapper (which averages gradients across ranks) or the model
         self.net = distributed.wrap(self.model, ctx, self.device, len(model.players), model.ddp_broadcast_buffers)
         self.view = get_view(model.view)
-        self.optimizers = {player: torch.optim.Adam(self.model.player_parameters(player), lr=self.tcfg.lr,
-                                                    weight_decay=self.tcfg.weight_decay, **model.optimizer_options)
+        self.optimizers = {player: adam(self.model.player_parameters(player), self.device, lr=self.tcfg.lr,
+                                        weight_decay=self.tcfg.weight_decay, **model.optimizer_options)
                            for player in model.players}
         self.ema = (AveragedModel(self.model, multi_avg_fn=self._ema_average, use_buffers=True)
                     if self.tcfg.ema_decay > 0 else None)
