@@ -3,9 +3,9 @@
     python benchmarks/diffusion_budget.py --budgets 30 60 --fid-n 10000 --nll-n 1000 --threads 1
     python benchmarks/diffusion_budget.py --budgets 1 --fid-n 500 --nll-n 4 --tag smoke          (a smoke run)
 
-For each family (ddpm, flow: their defaults, unconditional) one run trains in stages: to the first budget (CPU
-minutes of training), is scored, then resumes to the next budget, and so on; a budget's scores are those of the
-weights at that budget. Scores: FID and KID of --fid-n samples (genzoo's feature space, the float reference)
+For each family (ddpm, flow: their defaults, unconditional; or FAMILY:PRESET, e.g. ddpm:min-snr) one run trains
+in stages: to the first budget (CPU minutes of training), is scored, then resumes to the next budget, and so on;
+a budget's scores are those of the weights at that budget. Scores: FID and KID of --fid-n samples (genzoo's feature space, the float reference)
 with each sampler in --samplers; sampling seconds per 100 images for each; the NLL on the first --nll-n test
 images (DDPM: the bound and the probability-flow ODE; flow: the ODE). With diffusers installed (a benchmark-only
 dependency: pip install diffusers), its UNet2DModel (about the same parameter count) trained with DDPMScheduler
@@ -48,12 +48,14 @@ def score_samples(model, data, n: int, sampler: dict) -> dict:
     return {**sampler, "seconds_per_100": 100 / rate, **score_images(samples, data.name, "float", 500)}
 
 
-def genzoo_stage(family: str, budget: float, args, data, log) -> dict:
-    run_dir = HERE / "results" / f"diffusion_budget{args.tag}" / family
+def genzoo_stage(entry: str, budget: float, args, data, log) -> dict:
+    """One stage of a genzoo run: ``entry`` is a family (its defaults) or FAMILY:PRESET (e.g. ddpm:min-snr)."""
+    family, _, preset = entry.partition(":")
+    run_dir = HERE / "results" / f"diffusion_budget{args.tag}" / entry.replace(":", "-")
     resume = (run_dir / runs.CHECKPOINT).is_file()
-    train = {"time_limit": budget, "epochs": args.epochs, "final_eval": "skip"}
+    train = {"time_limit": budget, "epochs": args.epochs, "final_eval": "skip"}  # the same horizon for every entry
     cfg = (runs.resumed_config(runs.read_config(run_dir), train=train) if resume
-           else runs.new_config(family, train=train))
+           else runs.new_config(family, train=train, preset=preset or None))
     summary = train_run(cfg, run_dir, resume=resume, log=log)
     run = runs.load_run(run_dir)
     out = {"train_minutes": summary["train_wall_time_s"] / 60, "steps": summary["steps"],
@@ -63,7 +65,7 @@ def genzoo_stage(family: str, budget: float, args, data, log) -> dict:
     for text in [t for t in args.samplers if parse_sampler(t)["sampler"] in offered] if args.samplers \
             else SAMPLERS[family]:
         row = score_samples(run.model, data, args.fid_n, parse_sampler(text))
-        log(f"{family} at {budget:g} min, {text}: FID {row['fid']:.2f}, {row['seconds_per_100']:.1f} s per 100")
+        log(f"{entry} at {budget:g} min, {text}: FID {row['fid']:.2f}, {row['seconds_per_100']:.1f} s per 100")
         out["samplers"].append(row)
     ev = evaluate(run.model, data, EvalConfig(n=args.nll_n, ode_steps=args.ode_steps), torch.device("cpu"),
                   progress=False)
@@ -123,7 +125,9 @@ def diffusers_stage(budget: float, args, data, log) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--families", nargs="+", default=["ddpm", "flow", "diffusers"])
+    p.add_argument("--families", nargs="+", default=["ddpm", "flow", "diffusers"],
+                   help="ddpm, flow (their defaults), FAMILY:PRESET (e.g. ddpm:min-snr, whose bound the "
+                        "min-SNR weighting costs), diffusers")
     p.add_argument("--budgets", nargs="+", type=float, default=[30.0, 60.0], help="training minutes, increasing")
     p.add_argument("--epochs", type=int, default=4, help="epochs of the cosine schedule (the horizon of the runs)")
     p.add_argument("--fid-n", type=int, default=10_000)
