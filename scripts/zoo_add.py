@@ -4,7 +4,7 @@ weights on the full protocol, and write the model card from those scores.
     python scripts/zoo_add.py RUN NAME --command "genzoo train vae --out runs/vae-mnist" [--fid-n 10000]
         [--sampler ddim --steps 50] [--guidance 1.5] [--temperature 0.8] [--eval-n 0] [--iwae-k 1000] [--threads 1]
 
-Figures are measured on the zoo copy (zoo:NAME), not on the run, so the card describes what users load: the
+Figures are measured on the packed copy (half precision), not on the run, so the card describes what users load: the
 likelihood the family's kind allows on --eval-n test images (0 = all 10,000), and FID/KID of --fid-n samples in
 genzoo's feature space (a class-conditional model: every class in turn, with --guidance). The card also holds
 the training command, genzoo's version and commit, the CPU time, the machine and the date. The pictures are
@@ -21,6 +21,7 @@ import argparse
 import datetime
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -46,6 +47,31 @@ def likelihood_figures(ev: dict) -> list[dict]:
                 figures.append({"name": what, "value": round(bits, 4), "unit": "bits/dim", "n": ev["n_examples"],
                                 "reference": f"{ev['dataset']} {ev['split']}"})
     return figures
+
+
+def score(run: runs.Run, args, card: dict) -> dict[str, dict]:
+    """Score a packed model on the protocol of ``args``, adding the figures to ``card``; returns its result files
+    ({file name: JSON}). The pictures are drawn again into the run folder, which the final pack copies."""
+    cpu = torch.device("cpu")
+    sampler = sampler_options(args, run.model, cpu, args.fid_n)  # checked against the family's declaration first
+    data = runs.run_data(run.config)
+    draw_pictures(run.model, data, args.run, cpu)
+    defaults = type(run.model).eval_defaults
+    ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
+                                                 "ode_steps": args.ode_steps}), cpu, log=print)
+    card["figures"] += likelihood_figures(ev)
+    results = {runs.eval_file("test"): ev}
+    if args.fid_n:
+        q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
+        results[runs.FID_EVAL] = q
+        for what in ("fid", "kid"):
+            card["figures"].append({"name": what.upper(), "value": round(q[what], 4 if what == "kid" else 2),
+                                    **({"stderr": round(q["kid_stderr"], 4)} if what == "kid" else {}),
+                                    "unit": "", "n": q["n_samples"],
+                                    "reference": f"{run.config.train.dataset} test, {q['reference_view']} view, "
+                                                 f"genzoo features", "sampler": q["sampler"],
+                                    **({"labels": q["labels"]} if "labels" in q else {})})
+    return results
 
 
 def main() -> int:
@@ -81,26 +107,11 @@ def main() -> int:
             "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3), "steps": summary["steps"],
             "epochs": summary["epochs_completed"], "parameters": summary["parameters"],
             "machine": describe_machine(), "date": datetime.date.today().isoformat(), "figures": []}
-    zoo.pack(args.run, args.name, card)  # the figures below are measured on the packed weights
-    run = runs.load_run(f"zoo:{args.name}")
-    sampler = sampler_options(args, run.model, cpu, args.fid_n)  # checked against the family's declaration first
-    data = runs.run_data(config)
-    draw_pictures(run.model, data, args.run, cpu)  # into the run folder, which the second pack copies
-    defaults = type(run.model).eval_defaults
-    ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
-                                                 "ode_steps": args.ode_steps}), cpu, log=print)
-    card["figures"] += likelihood_figures(ev)
-    results = {runs.eval_file("test"): ev}
-    if args.fid_n:
-        q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
-        results[runs.FID_EVAL] = q
-        for what in ("fid", "kid"):
-            card["figures"].append({"name": what.upper(), "value": round(q[what], 4 if what == "kid" else 2),
-                                    **({"stderr": round(q["kid_stderr"], 4)} if what == "kid" else {}),
-                                    "unit": "", "n": q["n_samples"],
-                                    "reference": f"{config.train.dataset} test, {q['reference_view']} view, "
-                                                 f"genzoo features", "sampler": q["sampler"],
-                                    **({"labels": q["labels"]} if "labels" in q else {})})
+    # the figures are measured on the packed weights, packed first into a staging folder: the zoo's entry is
+    # replaced only once they are all measured, so an interrupted scoring leaves the shipped model as it was
+    with tempfile.TemporaryDirectory(prefix="zoo-add-") as staging:
+        zoo.pack(args.run, args.name, card, root=Path(staging))
+        results = score(runs.load_run(Path(staging) / args.name), args, card)
     zoo.pack(args.run, args.name, card, results=results)
     print(f"zoo:{args.name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})"
                                             for f in card["figures"]))

@@ -188,3 +188,42 @@ def test_bench_reads_the_zoo_without_writing_into_it(root, finished_run, tmp_pat
     assert {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()} == before
     code, _, err = run_cli("bench", "--zoo", "--dataset", "fashion-mnist", "--out", tmp_path / "lb2")
     assert_one_clear_error(code, err, "the zoo has no model of fashion-mnist")
+
+
+def load_zoo_add():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "zoo_add.py"
+    spec = importlib.util.spec_from_file_location("zoo_add", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zoo_add_scores_the_packed_copy_and_an_interrupted_scoring_leaves_the_shipped_model(root, finished_run,
+                                                                                            monkeypatch):
+    zoo_add = load_zoo_add()
+    args = ["zoo_add.py", str(finished_run), "tiny-vae", "--command", "genzoo train vae --again", "--eval-n", "32",
+            "--iwae-k", "2", "--fid-n", "0", "--threads", "1"]
+    before = storage.read_json(root / zoo.INDEX)
+    files = {p.name: p.read_bytes() for p in (root / "tiny-vae").iterdir()}
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(zoo_add, "evaluate", interrupted)
+    monkeypatch.setattr("sys.argv", args)
+    with pytest.raises(KeyboardInterrupt):
+        zoo_add.main()
+    assert storage.read_json(root / zoo.INDEX) == before  # the shipped entry, file for file
+    assert {p.name: p.read_bytes() for p in (root / "tiny-vae").iterdir()} == files
+    assert runs.load_run("zoo:tiny-vae").model is not None
+
+    monkeypatch.setattr(zoo_add, "evaluate", load_zoo_add().evaluate)
+    assert zoo_add.main() == 0
+    card = json.loads((root / "tiny-vae" / "card.json").read_text())
+    assert card["command"] == "genzoo train vae --again"
+    scored = json.loads((root / "tiny-vae" / runs.eval_file("test")).read_text())
+    assert scored["n_examples"] == 32 and [f["value"] for f in card["figures"] if f["name"] == "-ELBO"] == [
+        round(scored["neg_elbo_nats"], 3)]
+    assert runs.load_run("zoo:tiny-vae").model is not None  # the index vouches for the new files
