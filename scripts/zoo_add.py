@@ -58,7 +58,7 @@ def score(run: runs.Run, args, card: dict) -> dict[str, dict]:
     draw_pictures(run.model, data, args.run, cpu)
     defaults = type(run.model).eval_defaults
     ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
-                                                 "ode_steps": args.ode_steps}), cpu, log=print)
+                                                 "ode_steps": args.ode_steps, "bound_t": args.bound_t}), cpu, log=print)
     card["figures"] += likelihood_figures(ev)
     results = {runs.eval_file("test"): ev}
     if args.fid_n:
@@ -83,6 +83,8 @@ def main() -> int:
     p.add_argument("--eval-n", type=int, default=0, help="test images of the likelihood (0 = all)")
     p.add_argument("--iwae-k", type=int, default=1000)
     p.add_argument("--ode-steps", type=int, default=50)
+    p.add_argument("--bound-t", type=int, default=0,
+                   help="DDPM: the bound from K stratified steps per image (0 = all T)")
     p.add_argument("--fid-n", type=int, default=10_000)
     add_sampler_options(p)  # genzoo sample's flags (--sampler, --steps, --guidance, --temperature, ...)
     p.add_argument("--threads", type=int, default=0)

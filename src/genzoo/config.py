@@ -96,6 +96,9 @@ class EvalConfig:
     ais_temperatures: int = option(1000, "AIS: intermediate distributions between the uniform box and the model",
                                    min=1)
     ais_step: float = option(0.01, "AIS: MALA step size at the model's temperature (data units)", gt=0.0)
+    bound_t: int = option(0, "bound families with T diffusion steps (ddpm): estimate the bound's KL sum from this "
+                             "many stratified steps per image, unbiased, its noise inside the standard error (0 = "
+                             "all T: T network evaluations per image)", min=0)
     ode_steps: int = option(50, "flows by ODE: RK4 steps of the likelihood's ODE (4 evaluations each)", min=1)
     ode_nll: bool = option(True, "bound families with a probability-flow ODE (ddpm): also estimate the NLL through "
                                  "it, beside the bound")

@@ -141,7 +141,7 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
             if model.kind is DensityKind.EXACT:
                 per_example.setdefault("nll", []).append(-model.log_prob(xb, **model.likelihood_options(cfg)).cpu())
             else:
-                per_example.setdefault("neg_elbo", []).append(-model.elbo(xb).cpu())
+                per_example.setdefault("neg_elbo", []).append(-model.elbo(xb, **model.likelihood_options(cfg)).cpu())
                 if model.importance_weighted:
                     per_example.setdefault("nll", []).append(-model.log_likelihood_estimate(xb, cfg.iwae_k).cpu())
                 if model.ode_likelihood and cfg.ode_nll:
@@ -158,6 +158,10 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
     if model.kind is DensityKind.BOUND and "nll" in per_example:
         out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"
         out["iwae_k"] = cfg.iwae_k
+    if model.kind is DensityKind.BOUND and model.likelihood_options(cfg).get("t_samples"):
+        out["neg_elbo_estimator"] = (f"the KL sum from {cfg.bound_t} stratified steps per image (unbiased; its "
+                                     f"noise is inside the standard error)")
+        out["bound_t"] = cfg.bound_t
     if "nll_ode" in per_example:
         out["nll_ode_estimator"] = (f"probability-flow ODE, RK4 with {cfg.ode_steps} steps, "
                                     + (f"Hutchinson divergence ({cfg.probes} probe(s))" if cfg.probes else

@@ -136,7 +136,8 @@ class GenerativeModel(nn.Module):
         return image.float() if self.view == "uint8" else image.float() / 255.0
 
     def likelihood_options(self, cfg: Any) -> dict:
-        """Keyword options of ``log_prob`` taken from an EvalConfig (the flow's ODE steps and probes)."""
+        """Keyword options of ``log_prob`` (exact kinds) or ``elbo`` (bounds) taken from an EvalConfig: the flow's ODE
+        steps and probes, the DDPM's stratified steps of its bound."""
         return {}
 
     def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
