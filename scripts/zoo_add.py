@@ -40,8 +40,10 @@ def likelihood_figures(ev: dict) -> list[dict]:
         if key.endswith("_nats") and f"{key}_stderr" in ev:
             what = {"neg_elbo": "-ELBO", "nll": "NLL", "nll_ode": "NLL (ODE)", "nll_ais": "NLL (AIS)"}.get(key[:-5],
                                                                                                        key[:-5])
+            how = ev.get(f"{key[:-5]}_estimator")  # e.g. the IWAE's k, the ODE's solver, the bound's stratified steps
             figures.append({"name": what, "value": round(value, 3), "stderr": round(ev[f"{key}_stderr"], 3),
-                            "unit": "nats", "n": ev["n_examples"], "reference": f"{ev['dataset']} {ev['split']}"})
+                            "unit": "nats", "n": ev["n_examples"], "reference": f"{ev['dataset']} {ev['split']}",
+                            **({"estimator": how} if how else {})})
             bits = ev.get(f"{key[:-5]}_bits_per_dim")
             if bits is not None:
                 figures.append({"name": what, "value": round(bits, 4), "unit": "bits/dim", "n": ev["n_examples"],
