@@ -67,8 +67,8 @@ def genzoo_stage(entry: str, budget: float, args, data, log) -> dict:
         row = score_samples(run.model, data, args.fid_n, parse_sampler(text))
         log(f"{entry} at {budget:g} min, {text}: FID {row['fid']:.2f}, {row['seconds_per_100']:.1f} s per 100")
         out["samplers"].append(row)
-    ev = evaluate(run.model, data, EvalConfig(n=args.nll_n, ode_steps=args.ode_steps), torch.device("cpu"),
-                  progress=False)
+    ev = evaluate(run.model, data, EvalConfig(n=args.nll_n, ode_steps=args.ode_steps, bound_t=args.bound_t),
+                  torch.device("cpu"), progress=False)
     out["nll"] = {k: v for k, v in ev.items() if "bits_per_dim" in k or k.endswith("estimator") or k == "n_examples"}
     return out
 
@@ -133,6 +133,8 @@ def main() -> int:
     p.add_argument("--fid-n", type=int, default=10_000)
     p.add_argument("--nll-n", type=int, default=1000)
     p.add_argument("--ode-steps", type=int, default=50)
+    p.add_argument("--bound-t", type=int, default=0,
+                   help="DDPM: the bound from K stratified steps per image (genzoo eval --bound-t; 0 = all T)")
     p.add_argument("--samplers", nargs="+", default=None,
                    help="NAME:STEPS, each used by the families that have the sampler; default: a set per family")
     p.add_argument("--threads", type=int, default=0)
