@@ -5,8 +5,9 @@
 
 For each family (ddpm, flow: their defaults, unconditional; or FAMILY:PRESET, e.g. ddpm:min-snr) one run trains
 in stages: to the first budget (CPU minutes of training), is scored, then resumes to the next budget, and so on;
-a budget's scores are those of the weights at that budget. Scores: FID and KID of --fid-n samples (genzoo's feature space, the float reference)
-with each sampler in --samplers; sampling seconds per 100 images for each; the NLL on the first --nll-n test
+a budget's scores are those of the weights at that budget. Scores: FID and KID of --fid-n samples (genzoo's
+feature space, the float reference) with each sampler in --samplers; sampling seconds per 100 images for each;
+the NLL on the first --nll-n test
 images (DDPM: the bound and the probability-flow ODE; flow: the ODE). With diffusers installed (a benchmark-only
 dependency: pip install diffusers), its UNet2DModel (about the same parameter count) trained with DDPMScheduler
 for the same minutes is scored the same way from DDIM-50 samples.

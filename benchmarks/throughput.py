@@ -52,9 +52,9 @@ def family_throughput(name: str, precision: str, batch: int, seconds: float, ker
     model = runs.build_model(cfg, data.image_shape)
     set_channels_last(model, channels_last_for(precision, torch.device("cpu")))
     model.train()
-    optimizers = {p: (adam(model.player_parameters(p), torch.device("cpu"), lr=1e-4, **model.optimizer_options)
-                      if kernel == "fused" else  # the trainer's; or the foreach kernel genzoo trained with before
-                      torch.optim.Adam(model.player_parameters(p), lr=1e-4, **model.optimizer_options))
+    # the trainer's optimizer, or torch's default foreach kernel that genzoo trained with before
+    make = adam if kernel == "fused" else (lambda params, device, **options: torch.optim.Adam(params, **options))
+    optimizers = {p: make(model.player_parameters(p), torch.device("cpu"), lr=1e-4, **model.optimizer_options)
                   for p in model.players}
     g = torch.Generator().manual_seed(0)
     x = get_view(model.view).train_batch(data.train.images[:batch], g)

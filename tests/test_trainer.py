@@ -207,7 +207,7 @@ def test_the_ema_of_a_spectrally_normalised_layer_keeps_its_norm_at_one():
 
 
 def test_a_checkpoint_of_the_unfused_adam_resumes_with_the_fused_kernel_to_round_off(tmp_path, monkeypatch):
-    """genzoo before 0.1 trained with Adam's foreach kernel and saved its choice in the checkpoint; a resume takes
+    """genzoo used to train with Adam's foreach kernel and saved that choice in its checkpoints; a resume takes
     the kernel of the resuming process (fused on CPU) with the saved moments and step, so it ends where an
     uninterrupted fused run ends, to round-off — a lost moment or step count would be off by far more."""
     import genzoo.trainer as trainer

@@ -211,6 +211,7 @@ def test_zoo_add_scores_the_packed_copy_and_an_interrupted_scoring_leaves_the_sh
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
+    evaluate = zoo_add.evaluate
     monkeypatch.setattr(zoo_add, "evaluate", interrupted)
     monkeypatch.setattr("sys.argv", args)
     with pytest.raises(KeyboardInterrupt):
@@ -219,7 +220,7 @@ def test_zoo_add_scores_the_packed_copy_and_an_interrupted_scoring_leaves_the_sh
     assert {p.name: p.read_bytes() for p in (root / "tiny-vae").iterdir()} == files
     assert runs.load_run("zoo:tiny-vae").model is not None
 
-    monkeypatch.setattr(zoo_add, "evaluate", load_zoo_add().evaluate)
+    monkeypatch.setattr(zoo_add, "evaluate", evaluate)
     assert zoo_add.main() == 0
     card = json.loads((root / "tiny-vae" / "card.json").read_text())
     assert card["command"] == "genzoo train vae --again"

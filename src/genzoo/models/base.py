@@ -140,6 +140,11 @@ class GenerativeModel(nn.Module):
         steps and probes, the DDPM's stratified steps of its bound."""
         return {}
 
+    def bound_estimator(self, cfg: Any) -> str:
+        """How ``elbo`` with ``likelihood_options(cfg)`` estimates the bound when it does not sum every term exactly
+        (the DDPM's stratified steps); "" when it does."""
+        return ""
+
     def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
         """The labels that n samples scored by FID/KID are drawn with: None (unconditional) unless the run is
         class-conditional, which is scored on its conditional model, every class in turn."""

@@ -344,7 +344,8 @@ class GaussianDiffusion(torch.nn.Module):
         kl_sum = torch.zeros(n, dtype=torch.float64, device=x0.device)
 
         def term(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """(x_t's posterior mean and log-variance under q, then under p) for per-example steps t (0-based)."""
+            """(x_t drawn from q(x_t | x_0), and the mean and log-variance of p(x_{t-1} | x_t)) for per-example steps
+            t (0-based)."""
             eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
             xt = self.q_sample(x0, t, eps)
             mean, logvar, _ = self.p_mean_logvar(model_fn, xt, t, clip=False)
@@ -449,6 +450,11 @@ class DDPM(GenerativeModel):
 
     def likelihood_options(self, cfg) -> dict:
         return {"t_samples": cfg.bound_t if cfg.bound_t < self.cfg.timesteps - 1 else 0}  # T - 1 or more: every step
+
+    def bound_estimator(self, cfg) -> str:
+        k = self.likelihood_options(cfg)["t_samples"]
+        return f"the KL sum from {k} stratified steps per image (unbiased; its noise is inside the standard error)" \
+            if k else ""
 
     def ode_log_prob(self, x: torch.Tensor, steps: int = 50, probes: int = 1,
                      generator: torch.Generator | None = None) -> torch.Tensor:
