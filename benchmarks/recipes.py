@@ -67,6 +67,12 @@ STUDIES = {  # study: {name: (family, settings changed from the family's default
         "ebm-sgld40": ("ebm", {"sgld_steps": 40}),
         "ebm-shortrun40": ("ebm", {"reinit": 1.0, "sgld_steps": 40, "sample_steps": 40, "buffer_size": 1}),
         "ebm-shortrun60": ("ebm", {"reinit": 1.0, "sgld_steps": 60, "sample_steps": 60, "buffer_size": 1}),
+        # a persistent buffer with a small, smooth net (Lippe's UvA tutorial 8 on MNIST): each pixel's SGLD gradient
+        # clamped, the training images noised a little, chains from noise for 256 steps to sample
+        "ebm-small-clamp": ("ebm", {"channels": 16, "hidden": 64, "sgld_steps": 60, "buffer_size": 8192,
+                                    "grad_clamp": 0.03, "data_noise": 0.005, "sample_steps": 256}),
+        "ebm-clamp": ("ebm", {"sgld_steps": 60, "buffer_size": 8192, "grad_clamp": 0.03, "data_noise": 0.005,
+                              "sample_steps": 256}),
     },
 }
 TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)

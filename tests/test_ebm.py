@@ -140,3 +140,29 @@ def test_ais_estimate_of_log_z_agrees_with_the_grid_on_toy_data(tmp_path, run_cl
     with torch.no_grad():
         assert r["nll_ais_nats"] == pytest.approx(model.energy(x).double().mean().item() + r["log_z_ais"], rel=1e-6)
     assert "log Z (AIS)" in out and "on the grid" in out
+
+
+def test_clamped_sgld_gradient_bounds_each_pixels_move():
+    """--grad-clamp c: a pixel moves at most step_size * c per noiseless step, however steep the energy, and a
+    gentle gradient (below c) is followed unchanged."""
+    model = EBM(EBMConfig(hidden=4, depth=1, step_size=10.0, noise=0.0, grad_clamp=0.03, buffer_size=1), (2,))
+    model.net = Quadratic(torch.tensor([0.0, 0.0]), 0.01)  # gradient (x - m) / s^2: 1e4 per unit
+    x = torch.tensor([[2.0, -1.0], [1e-7, -1e-7]])
+    moved = model.langevin(x, steps=1) - x
+    assert moved[0].tolist() == pytest.approx([-0.3, 0.3])  # clamped: step_size * c
+    assert moved[1].tolist() == pytest.approx((-10.0 * x[1] / 1e-4).tolist())  # 1e-3 < c: followed as it is
+
+
+def test_data_noise_widens_the_positive_examples_only():
+    torch.manual_seed(0)
+    model = EBM(EBMConfig(channels=4, hidden=8, buffer_size=4, sgld_steps=1, data_noise=0.05), (1, 8, 8))
+    seen = []
+    model.model_energy = lambda x: seen.append(x.detach()) or x.flatten(1).sum(1)
+    x = torch.full((64, 1, 8, 8), 0.5)  # model space 0: far from the clamp at +-1
+    model.loss(x)
+    positive = seen[-2]  # after the negatives' SGLD: E(x+), then E(x-)
+    assert positive.std().item() == pytest.approx(0.05, rel=0.05) and positive.mean().abs() < 0.005
+    model.cfg.data_noise = 0.0
+    seen.clear()
+    model.loss(x)
+    assert torch.equal(seen[-2], torch.zeros_like(seen[-2]))
