@@ -184,7 +184,10 @@ def test_bench_reads_the_zoo_without_writing_into_it(root, finished_run, tmp_pat
     (only,) = table["rows"]
     assert only["run"] == "zoo:tiny-vae" and only["fid"] == shipped["fid"]  # the shipped score, reused
     assert only["fid_sampler"] == {"temperature": 0.9}
-    assert "binary view, sampled with temperature=0.9 |" in (tmp_path / "lb" / "LEADERBOARD.md").read_text()
+    markdown = (tmp_path / "lb" / "LEADERBOARD.md").read_text()
+    assert "binary view, sampled with temperature=0.9 |" in markdown
+    assert "| vae (`zoo:tiny-vae`) | bound |" in markdown and "Every model is the zoo's" in markdown
+    assert "within 10 minutes" not in markdown and "Reused runs" not in markdown
     assert {p: p.stat().st_mtime_ns for p in (root / "tiny-vae").iterdir()} == before
     code, _, err = run_cli("bench", "--zoo", "--dataset", "fashion-mnist", "--out", tmp_path / "lb2")
     assert_one_clear_error(code, err, "the zoo has no model of fashion-mnist")

@@ -59,10 +59,15 @@ def sampler_note(sampler: dict | None) -> str:
 
 
 def leaderboard_markdown(table: dict) -> str:
+    rows = table["rows"]
+    from_zoo = bool(rows) and all(str(r.get("run", "")).startswith("zoo:") for r in rows)
+    origin = ("Every model is the zoo's: `genzoo zoo NAME` shows its card (the training command, genzoo commit, "
+              "machine and date); its shipped scores are reused and 'train min' is the minutes its training "
+              "took. " if from_zoo else
+              f"Each family trained with its preset within {table['budget_minutes']:g} minutes, unless its "
+              "finished run was reused (listed below). ")
     lines = [f"# genzoo leaderboard: {table['dataset']}", "",
-             f"Written by `{table['command']}` on {table['date']} ({table['machine']}). Each family trained with "
-             f"its preset within {table['budget_minutes']:g} minutes, unless its finished run was reused (listed "
-             "below). "
+             f"Written by `{table['command']}` on {table['date']} ({table['machine']}). " + origin +
              "Test NLL in the units of the family's data view: nats per image on the fixed binarisation for "
              "the Bernoulli families, bits per dimension on the 8-bit data otherwise; '≤' marks an upper bound "
              "(an ELBO, an IWAE or a dequantisation bound); '—' where the density kind offers no likelihood. "
@@ -72,8 +77,9 @@ def leaderboard_markdown(table: dict) -> str:
              "| family | density kind | view | test NLL (test images) | FID | KID (± s.e.) | FID samples | reference "
              "| epochs | train min | samples/s |",
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
-    for r in table["rows"]:
-        lines.append(f"| {r['family']} | {r['kind']} | {r['view']} | {format_nll(r['nll'])} | {r['fid']:.2f} | "
+    for r in rows:
+        name = f"{r['family']} (`{r['run']}`)" if from_zoo else r["family"]
+        lines.append(f"| {name} | {r['kind']} | {r['view']} | {format_nll(r['nll'])} | {r['fid']:.2f} | "
                      f"{r['kid']:.3g} (± {r['kid_stderr']:.2g}) | {r['fid_samples']} | "
                      f"{r['fid_reference_view']} view{sampler_note(r.get('fid_sampler'))} | "
                      f"{r['epochs']} | {r['train_minutes']:.1f} | {r['samples_per_s']:.1f} |")
@@ -81,8 +87,8 @@ def leaderboard_markdown(table: dict) -> str:
         ref = f["reference_view"]
         lines.append(f"| *training images* | data | {ref} | — | {f['fid']:.2f} | {f['kid']:.3g} "
                      f"(± {f['kid_stderr']:.2g}) | {f['n_samples']} | {ref} view | — | — | — |")
-    reused = [r for r in table["rows"] if r.get("reused")]
-    if reused:
+    reused = [r for r in rows if r.get("reused")]
+    if reused and not from_zoo:
         lines += ["", "Reused runs (trained elsewhere, e.g. by the benchmarks of BENCHMARKS.md): "
                   + ", ".join(f"{r['family']} = `{r['run']}`" for r in reused) + "."]
     if table.get("floor"):
