@@ -231,3 +231,25 @@ def test_zoo_add_scores_the_packed_copy_and_an_interrupted_scoring_leaves_the_sh
     assert scored["n_examples"] == 32 and [f["value"] for f in card["figures"] if f["name"] == "-ELBO"] == [
         round(scored["neg_elbo_nats"], 3)]
     assert runs.load_run("zoo:tiny-vae").model is not None  # the index vouches for the new files
+
+
+def test_the_ebm_ships_a_few_chains_of_its_replay_buffer(tmp_path, monkeypatch):
+    """An EBM's buffer (8,192 chains in the zoo recipe, 13 MB in half precision) is training state: the zoo keeps
+    the first RELEASED_CHAINS of them, the shipped config says so, and the model loads and samples from them."""
+    from genzoo.config import EvalConfig, TrainConfig
+    from genzoo.models.ebm import EBM, EBMConfig
+    from genzoo.runs import RunConfig
+
+    monkeypatch.setattr(EBM, "RELEASED_CHAINS", 5)
+    monkeypatch.setattr(zoo, "ROOT", tmp_path / "zoo")
+    cfg = RunConfig(family="ebm", model=EBMConfig(channels=2, hidden=4, buffer_size=12, sgld_steps=1, sample_steps=2),
+                    train=TrainConfig(epochs=1, batch_size=32, subset=64, max_steps=2, precision="fp32",
+                                      final_eval="skip"), eval=EvalConfig(n=32))
+    train_run(cfg, tmp_path / "ebm", log=lambda *a: None, progress_bar=False)
+    zoo.pack(tmp_path / "ebm", "tiny-ebm", {**CARD, "family": "ebm", "kind": "unnormalised"})
+    trained, shipped = runs.load_run(tmp_path / "ebm"), runs.load_run("zoo:tiny-ebm")
+    assert shipped.config.model.buffer_size == 5 and trained.config.model.buffer_size == 12
+    torch.testing.assert_close(shipped.model.replay, trained.model.replay[:5].half().float(), rtol=0, atol=0)
+    for name, weight in trained.model.net.state_dict().items():  # the energy net itself is all there
+        torch.testing.assert_close(shipped.model.net.state_dict()[name], weight.half().float(), rtol=0, atol=0)
+    assert shipped.model.sample(3, torch.Generator().manual_seed(0), from_buffer=True).shape == (3, 1, 28, 28)

@@ -23,6 +23,7 @@ from genzoo import storage
 from genzoo.data.datasets import cache_dir
 from genzoo.data.fetch import fetch_verified, sha256_file, sha256_problem
 from genzoo.errors import ConfigError, RunError
+from genzoo.models import FAMILIES
 
 PREFIX = "zoo:"
 ROOT = Path(__file__).parent / "weights" / "zoo"  # the models shipped in the package
@@ -118,8 +119,11 @@ def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: st
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     tensors, _ = storage.load_tensors(run_dir / WEIGHTS)
+    config = storage.read_json(run_dir / "config.json")
+    tensors, config["model"] = FAMILIES[config["family"]].for_release(tensors, config["model"])
     storage.save_tensors(folder / WEIGHTS, half_weights(tensors), {"storage_dtype": HALF})
-    kept = ["config.json", "summary.json"] + sorted(p.name for p in run_dir.glob("eval-*.json"))
+    storage.write_json(folder / "config.json", config)
+    kept = ["summary.json"] + sorted(p.name for p in run_dir.glob("eval-*.json"))
     kept += sorted(p.name for p in run_dir.glob("*.png"))
     for f in kept:
         shutil.copyfile(run_dir / f, folder / f)

@@ -122,6 +122,12 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def for_release(cls, tensors: dict[str, torch.Tensor], model_config: dict) -> tuple[dict, dict]:
+        """The weights and model settings to ship (the zoo) from a trained model's: by default all of them. A family
+        whose state holds training-only bulk (the EBM's replay buffer) trims it here."""
+        return tensors, model_config
+
+    @classmethod
     def capabilities(cls) -> list[str]:
         """What ``genzoo list`` shows: the sampler options and the other abilities of the family."""
         out = [o.cli_flag for o in cls.sample_options]
