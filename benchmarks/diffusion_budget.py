@@ -35,6 +35,7 @@ from genzoo.evaluate import draw_samples, evaluate, score_images  # noqa: E402
 from genzoo.trainer import adam, train_run  # noqa: E402
 
 HERE = Path(__file__).parent
+SAVE_EVERY = 300.0  # seconds of training between the diffusers baseline's checkpoints
 SAMPLERS = {"ddpm": ["ddim:100", "ddim:20", "dpm++2m:20", "heun:10", "dpm++2m:10"],
             "flow": ["heun:20", "euler:20", "midpoint:10", "heun:10", "euler:10"]}
 
@@ -88,14 +89,21 @@ def diffusers_stage(budget: float, args, data, log) -> dict:
     torch.manual_seed(0)
     unet, loss_fn = diffusers_setup(32)
     opt = adam(unet.parameters(), torch.device("cpu"), lr=1e-3)  # the trainer's kernel
-    state_path, seconds = folder / "unet.safetensors", 0.0
-    if state_path.is_file():
-        tensors, meta = storage.load_tensors(state_path)
-        storage.load_weights(unet, tensors, state_path)
-        seconds = float(meta["seconds"])
     g = torch.Generator().manual_seed(0)
-    images = data.train.images
-    while seconds < 60 * budget:  # (the optimizer restarts at each stage: a stated simplification)
+    # the trainer's checkpoint format: weights, Adam's moments and the RNG states, so a stage resumes exactly
+    # where it stopped (saved every SAVE_EVERY seconds of training and at the budget)
+    path, progress = folder / runs.CHECKPOINT, {"step": 0, "seconds": 0.0}
+    if path.is_file():
+        progress, rng = runs.load_checkpoint(path, unet, None, {"model": opt}, torch.device("cpu"))
+        g.set_state(rng["data"])
+        torch.set_rng_state(rng["torch"])
+
+    def save():
+        runs.save_checkpoint(path, unet, None, {"model": opt}, {"data": g.get_state(), "torch": torch.get_rng_state()},
+                             progress)
+
+    images, saved_at = data.train.images, progress["seconds"]
+    while progress["seconds"] < 60 * budget:
         tick = time.perf_counter()
         idx = torch.randint(0, len(images), (128,), generator=g)
         loss = loss_fn(images[idx].float())
@@ -103,8 +111,12 @@ def diffusers_stage(budget: float, args, data, log) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        seconds += time.perf_counter() - tick
-    storage.save_tensors(state_path, unet.state_dict(), {"seconds": str(seconds)})
+        progress = {"step": progress["step"] + 1, "seconds": progress["seconds"] + time.perf_counter() - tick}
+        if progress["seconds"] - saved_at > SAVE_EVERY:
+            save()
+            saved_at = progress["seconds"]
+    save()
+    seconds = progress["seconds"]
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     scheduler.set_timesteps(50)
     unet.eval()
