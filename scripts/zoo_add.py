@@ -28,6 +28,7 @@ import torch
 
 from genzoo import __version__, runs, storage, zoo
 from genzoo.cli import add_sampler_options, sampler_options
+from genzoo.models import get_family
 from genzoo.config import EvalConfig
 from genzoo.devices import describe_machine
 from genzoo.evaluate import evaluate, sample_quality
@@ -111,12 +112,13 @@ def main() -> int:
             "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3), "steps": summary["steps"],
             "epochs": summary["epochs_completed"], "parameters": summary["parameters"],
             "machine": describe_machine(), "date": datetime.date.today().isoformat(), "figures": []}
+    release = get_family(config.family).for_release  # what of the run ships (the EBM: a few chains of its buffer)
     # the figures are measured on the packed weights, packed first into a staging folder: the zoo's entry is
     # replaced only once they are all measured, so an interrupted scoring leaves the shipped model as it was
     with tempfile.TemporaryDirectory(prefix="zoo-add-") as staging:
-        zoo.pack(args.run, args.name, card, root=Path(staging))
+        zoo.pack(args.run, args.name, card, root=Path(staging), release=release)
         results = score(runs.load_run(Path(staging) / args.name), args, card)
-    zoo.pack(args.run, args.name, card, results=results)
+    zoo.pack(args.run, args.name, card, results=results, release=release)
     print(f"zoo:{args.name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})"
                                             for f in card["figures"]))
     return 0

@@ -246,7 +246,7 @@ def test_the_ebm_ships_a_few_chains_of_its_replay_buffer(tmp_path, monkeypatch):
                     train=TrainConfig(epochs=1, batch_size=32, subset=64, max_steps=2, precision="fp32",
                                       final_eval="skip"), eval=EvalConfig(n=32))
     train_run(cfg, tmp_path / "ebm", log=lambda *a: None, progress_bar=False)
-    zoo.pack(tmp_path / "ebm", "tiny-ebm", {**CARD, "family": "ebm", "kind": "unnormalised"})
+    zoo.pack(tmp_path / "ebm", "tiny-ebm", {**CARD, "family": "ebm", "kind": "unnormalised"}, release=EBM.for_release)
     trained, shipped = runs.load_run(tmp_path / "ebm"), runs.load_run("zoo:tiny-ebm")
     assert shipped.config.model.buffer_size == 5 and trained.config.model.buffer_size == 12
     torch.testing.assert_close(shipped.model.replay, trained.model.replay[:5].half().float(), rtol=0, atol=0)

@@ -15,6 +15,7 @@ before an atomic rename, so a larger zoo can live outside the package without ch
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,6 @@ from genzoo import storage
 from genzoo.data.datasets import cache_dir
 from genzoo.data.fetch import fetch_verified, sha256_file, sha256_problem
 from genzoo.errors import ConfigError, RunError
-from genzoo.models import FAMILIES
 
 PREFIX = "zoo:"
 ROOT = Path(__file__).parent / "weights" / "zoo"  # the models shipped in the package
@@ -105,11 +105,13 @@ def restore_precision(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 
 def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: str | None = None,
-         results: dict[str, dict] | None = None) -> dict:
+         results: dict[str, dict] | None = None, release: Callable[[dict, dict], tuple[dict, dict]] | None = None
+         ) -> dict:
     """Copy a finished run folder into the zoo as ``name``: weights in half precision, the run's JSON and pictures,
     ``card`` as card.json, and ``results`` ({file name: JSON}, e.g. the scores of the packed weights, which replace
-    the run's files of the same name); then (re)write the index entry with every file's SHA-256. Returns the
-    entry."""
+    the run's files of the same name); then (re)write the index entry with every file's SHA-256. ``release`` (the
+    family's ``for_release``: the zoo sits below the models and does not look it up) trims the weights and model
+    settings to what ships. Returns the entry."""
     root = root or ROOT
     run_dir = Path(run_dir)
     if not (run_dir / WEIGHTS).is_file() or not (run_dir / "summary.json").is_file():
@@ -120,7 +122,8 @@ def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: st
     folder.mkdir(parents=True)
     tensors, _ = storage.load_tensors(run_dir / WEIGHTS)
     config = storage.read_json(run_dir / "config.json")
-    tensors, config["model"] = FAMILIES[config["family"]].for_release(tensors, config["model"])
+    if release is not None:
+        tensors, config["model"] = release(tensors, config["model"])
     storage.save_tensors(folder / WEIGHTS, half_weights(tensors), {"storage_dtype": HALF})
     storage.write_json(folder / "config.json", config)
     kept = ["summary.json"] + sorted(p.name for p in run_dir.glob("eval-*.json"))
