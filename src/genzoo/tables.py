@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genzoo import runs, storage
+from genzoo import runs, storage, zoo
 from genzoo.data.views import reports_bits_per_dim
 from genzoo.models.base import DensityKind
 
@@ -60,7 +60,7 @@ def sampler_note(sampler: dict | None) -> str:
 
 def leaderboard_markdown(table: dict) -> str:
     rows = table["rows"]
-    from_zoo = bool(rows) and all(str(r.get("run", "")).startswith("zoo:") for r in rows)
+    from_zoo = bool(rows) and all(zoo.is_zoo(r.get("run")) for r in rows)
     origin = ("Every model is the zoo's: `genzoo zoo NAME` shows its card (the training command, genzoo commit, "
               "machine and date); its shipped scores are reused and 'train min' is the minutes its training "
               "took. " if from_zoo else
