@@ -185,11 +185,12 @@ def test_resume_from_the_command_line_extends_a_run(run_cli, trained, tmp_path):
     run, _ = trained
     copy = tmp_path / "more"
     shutil.copytree(run, copy)
-    code, out, err = run_cli("train", "vae", "--out", copy, "--resume", "--epochs", "2")
+    code, out, err = run_cli("train", "vae", "--out", copy, "--resume", "--epochs", "2", "--precision", "fp32")
     assert code == 0, err
     summary = json.loads((copy / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["steps"] == 16
-    assert json.loads((copy / "config.json").read_text())["train"]["epochs"] == 2
+    saved = json.loads((copy / "config.json").read_text())["train"]
+    assert saved["epochs"] == 2 and saved["precision"] == "fp32" and summary["precision"] == "fp32"
 
 
 # --- diffusion from the command line -----------------------------------------------------------------------
