@@ -6,7 +6,7 @@ For each family (its default configuration, batch 128 of real MNIST in the famil
 per second of whole optimizer steps (forward, backward, Adam), the floating-point operations of one step counted
 by torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions), and so the achieved GFLOP/s, beside the
 fp32 and bf16 peaks of a 2048 x 2048 matmul measured in the same run. bf16 is measured only where it is native
-(``devices.bf16_supported``) unless named. Writes benchmarks/results/throughput.json.
+(``devices.bf16_supported``) unless named. Writes benchmarks/results/throughput[-TAG].json.
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="timing per family and precision")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--merge", action="store_true", help="keep the other families' rows of an earlier result")
+    p.add_argument("--tag", default="", help="results go to throughput-TAG.json (e.g. the machine's kind)")
     args = p.parse_args()
+    result_path = RESULT.with_name(f"throughput-{args.tag}.json") if args.tag else RESULT
     if args.threads:
         torch.set_num_threads(args.threads)
     native = bf16_supported(torch.device("cpu"))
@@ -120,12 +122,12 @@ def main() -> int:
               "threads": torch.get_num_threads(), "bf16_native": native,
               "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
               "matmul_peak_gflop_per_s": peaks, "rows": rows}
-    if args.merge and RESULT.is_file():  # keep the rows of families not measured this time
+    if args.merge and result_path.is_file():  # keep the rows of families not measured this time
         key = lambda r: (r["family"], r["precision"], r.get("adam", "foreach"))  # rows before the key: foreach
         measured = {key(r) for r in rows}
-        kept = [r for r in storage.read_json(RESULT).get("rows", []) if key(r) not in measured]
+        kept = [r for r in storage.read_json(result_path).get("rows", []) if key(r) not in measured]
         result["rows"] = kept + rows
-    storage.write_json(RESULT, result)
+    storage.write_json(result_path, result)
     print(json.dumps({"matmul_peak_gflop_per_s": peaks, "machine": result["machine"]}, indent=2))
     return 0
 

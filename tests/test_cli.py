@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -235,6 +236,22 @@ def test_ddpm_sampling_options(trained_ddpm, tmp_path, run_cli):
                           (["--eta", "nan"], "--eta must be a finite number")):
         code, _, err = run_cli("sample", run, "--n", 2, *bad, "--out", tmp_path / "d.png")
         assert_one_clear_error(code, err, fragment)
+
+
+def test_sampling_in_bf16_stays_close_to_fp32(trained, tmp_path, run_cli):
+    """--precision bf16 runs the network's forward passes in bf16: the picture of the decoder's means changes (so
+    bf16 was used), but only by rounding."""
+    run, _ = trained
+    pictures = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.png"
+        code, _, err = run_cli("sample", run, "--n", 16, "--precision", precision, "--out", out)
+        assert code == 0, err
+        pictures[precision] = np.asarray(Image.open(out).convert("L"), dtype=np.float64)
+    difference = np.abs(pictures["bf16"] - pictures["fp32"])
+    assert 0 < difference.mean() < 4.0, difference.mean()  # in 0..255 grey levels
+    code, _, err = run_cli("sample", run, "--n", 2, "--precision", "fp16", "--out", tmp_path / "x.png")
+    assert code == 2 and "--precision" in err
 
 
 def test_sampler_options_a_family_does_not_take(trained, run_cli):

@@ -22,7 +22,8 @@ from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.cifar import ARCHIVE_DATASETS
 from genzoo.data.datasets import DATASETS, is_folder_name, locate, locate_archive, search_dirs
-from genzoo.devices import DEVICES, pick_device
+from genzoo.devices import (DEVICES, PRECISIONS, channels_last_for, pick_device, resolve_precision,
+                            set_channels_last)
 from genzoo.features import FEATURE_DATASETS
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
@@ -70,6 +71,10 @@ def build_parser() -> Parser:
                              "zoo:NAME, NAME-samples-seedS.png and so on, here)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--device", default="auto", choices=DEVICES)
+    sample.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="arithmetic of the network's forward passes: fp32, bf16 autocast, or auto: bf16 where it "
+                             "is native (CUDA, or a CPU with AVX-512-BF16 or AMX), fp32 elsewhere (default auto; "
+                             "genzoo eval samples in fp32)")
     opts = add_sampler_options(sample)
     opts.add_argument("--complete", type=Path, metavar="FILE.png",
                       help="autoregressive: draw --n completions of the bottom half of this image")
@@ -253,8 +258,10 @@ def cmd_sample(args) -> int:
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file; got {out}.")
     device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
     run = runs.load_run(args.run, device=device)
     model = run.model
+    set_channels_last(model, channels_last_for(precision, device))  # the layout that is faster in this precision
     gen = torch.Generator(device=device).manual_seed(args.seed)
     torch.manual_seed(args.seed)
     options = {**sampler_options(args, model, device), "progress": sys.stderr.isatty()}
@@ -263,7 +270,8 @@ def cmd_sample(args) -> int:
             raise ConfigError(f"the {model.family} family cannot complete an image; --complete needs an "
                               f"autoregressive model (pixelcnn).")
         given = model.from_image(read_image(args.complete, model.image_shape)).to(device)
-        x = model.completion_grid(given, args.n, gen, **options)
+        with autocast(precision, device):
+            x = model.completion_grid(given, args.n, gen, **options)
     elif args.interpolate is not None:
         if not model.can_interpolate:
             raise ConfigError(f"the {model.family} family cannot interpolate between images; --interpolate needs "
@@ -273,9 +281,12 @@ def cmd_sample(args) -> int:
             raise ConfigError(f"--interpolate takes no --{extra[0]}: the path is decoded deterministically.")
         a, b = (model.from_image(read_image(f, model.image_shape)).to(device)[None] for f in args.interpolate)
         steps = {"steps": options["steps"]} if "steps" in options else {}
-        x = model.interpolate(a, b, frames=args.n, **steps)
+        with autocast(precision, device):
+            x = model.interpolate(a, b, frames=args.n, **steps)
     else:
-        x = model.sample(args.n, gen, **options)
+        with autocast(precision, device):
+            x = model.sample(args.n, gen, **options)
+    x = x.float()
     if x.dim() == 5:  # an interpolation: one row of frames
         save_grid(x, out)
         print(f"wrote {args.n} frames of the {what} to {out}")
@@ -289,6 +300,12 @@ def cmd_sample(args) -> int:
     save_grid(torch.cat([x, pad]).reshape(rows, cols, *x.shape[1:]), out)
     print(f"wrote {args.n} {what} to {out}")
     return 0
+
+
+def autocast(precision: str, device: torch.device):
+    """The networks' forward passes in bf16 (autocast: matmuls and convolutions) when ``precision`` is bf16; the
+    samplers' own arithmetic stays in the fp32 of their state."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def sampler_options(args, model, device, n: int | None = None) -> dict:
