@@ -89,9 +89,9 @@ def main() -> None:
     old = json.loads(RESULT.read_text()) if args.merge and RESULT.is_file() else {"entries": []}
     entries = {(e["model"], e["sampler"], e["steps"], e["precision"]): e for e in old["entries"]}
     for name in args.models:
-        model = runs.load_run(name, device=torch.device("cpu")).model
-        model.eval()
-        data = load_dataset(model.dataset) if args.fid_n else None
+        run = runs.load_run(name, device=torch.device("cpu"))
+        model = run.model
+        data = load_dataset(run.config.train.dataset) if args.fid_n else None
         for text in args.samplers or DEFAULT_SAMPLERS[model.family]:
             sampler = parse_sampler(text)
             for precision in precisions:
