@@ -111,7 +111,8 @@ def main() -> None:
                 entries[key] = entry
                 print(json.dumps({k: v for k, v in entry.items() if k != "all_seconds"}), flush=True)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "machine": describe_machine(),
+    commands = old.get("commands", []) + ["python " + " ".join(sys.argv)]  # a merged result lists every run's
+    RESULT.write_text(json.dumps({"commands": commands, "machine": describe_machine(),
                                   "date": datetime.date.today().isoformat(), "entries": list(entries.values())},
                                  indent=2) + "\n")
 
