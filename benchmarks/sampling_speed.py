@@ -7,9 +7,9 @@ For each model (a run folder or zoo:NAME; default the zoo's DDPM and flow models
 each precision (fp32, and bf16 autocast of the network's forward passes, each in the layout it is faster in, as
 ``genzoo sample --precision`` runs them): the median wall-clock seconds of drawing 100 samples over --repeats
 draws after one warm-up draw, the network evaluations that took, and FID/KID of --fid-n samples (genzoo's feature
-space, the float reference, the zoo's scoring labels: every class in turn). Writes benchmarks/results/sampling_speed.json; with --merge, entries of an
-earlier result that this run did not measure are kept, and a measured entry keeps the other half (timing or FID)
-of the earlier one.
+space, the float reference, the zoo's scoring labels: every class in turn). Writes
+benchmarks/results/sampling_speed.json; with --merge, entries of an earlier result that this run did not measure
+are kept, and a measured entry keeps the other half (timing or FID) of the earlier one.
 """
 
 from __future__ import annotations
@@ -24,18 +24,17 @@ from pathlib import Path
 
 import torch
 
-from genzoo import runs
-from genzoo.data import load_dataset
-from genzoo.devices import bf16_supported, channels_last_for, describe_machine, set_channels_last
-from genzoo.evaluate import EVAL_SEED, sample_quality
+sys.path.insert(0, str(Path(__file__).parent))
+from diffusion_budget import parse_sampler  # noqa: E402
+from genzoo import runs  # noqa: E402
+from genzoo.data import load_dataset  # noqa: E402
+from genzoo.devices import (autocast, bf16_supported, channels_last_for, describe_machine,  # noqa: E402
+                            set_channels_last)
+from genzoo.evaluate import EVAL_SEED, sample_quality  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "sampling_speed.json"
+CPU = torch.device("cpu")
 DEFAULT_SAMPLERS = {"ddpm": ["dpm++2m:20", "ddim:20", "ddim:100"], "flow": ["heun:10", "euler:20", "midpoint:10"]}
-
-
-def parse_sampler(text: str) -> dict:
-    name, _, steps = text.partition(":")
-    return {"sampler": name, "steps": int(steps)} if steps else {"sampler": name}
 
 
 class CountingNet(torch.nn.Module):
@@ -52,7 +51,7 @@ class CountingNet(torch.nn.Module):
 
 
 def time_sampling(model, sampler: dict, precision: str, n: int, repeats: int) -> dict:
-    labels = model.scoring_labels(n, torch.device("cpu"))
+    labels = model.scoring_labels(n, CPU)
     options = {**sampler, **({"y": labels} if labels is not None else {})}
     counter = CountingNet(model.net)
     model.net, seconds = counter, []
@@ -61,7 +60,7 @@ def time_sampling(model, sampler: dict, precision: str, n: int, repeats: int) ->
             gen = torch.Generator().manual_seed(EVAL_SEED + i)
             counter.calls = 0
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(precision, CPU):
                 x = model.sample(n, gen, **options)
             seconds.append(time.perf_counter() - start)
             assert torch.isfinite(x.float()).all()
@@ -85,17 +84,17 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    precisions = args.precisions or (["fp32", "bf16"] if bf16_supported(torch.device("cpu")) else ["fp32"])
+    precisions = args.precisions or (["fp32", "bf16"] if bf16_supported(CPU) else ["fp32"])
     old = json.loads(RESULT.read_text()) if args.merge and RESULT.is_file() else {"entries": []}
     entries = {(e["model"], e["sampler"], e["steps"], e["precision"]): e for e in old["entries"]}
     for name in args.models:
-        run = runs.load_run(name, device=torch.device("cpu"))
+        run = runs.load_run(name, device=CPU)
         model = run.model
         data = load_dataset(run.config.train.dataset) if args.fid_n else None
         for text in args.samplers or DEFAULT_SAMPLERS[model.family]:
             sampler = parse_sampler(text)
             for precision in precisions:
-                set_channels_last(model, channels_last_for(precision, torch.device("cpu")))  # as genzoo sample does
+                set_channels_last(model, channels_last_for(precision, CPU))  # as genzoo sample does
                 key = (name, sampler["sampler"], sampler["steps"], precision)
                 entry = {**entries.get(key, {}), "model": name, "sampler": sampler["sampler"],
                          "steps": sampler["steps"], "precision": precision}
@@ -104,8 +103,8 @@ def main() -> None:
                                  timing_threads=torch.get_num_threads())
                 if args.fid_n:
                     start = time.perf_counter()
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        q = sample_quality(model, data, args.fid_n, torch.device("cpu"), **sampler)
+                    with autocast(precision, CPU):
+                        q = sample_quality(model, data, args.fid_n, CPU, **sampler)
                     entry.update(fid=q["fid"], kid=q["kid"], kid_stderr=q["kid_stderr"], fid_n=args.fid_n,
                                  fid_seconds=time.perf_counter() - start)
                 entries[key] = entry

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from genzoo import runs, storage
 from genzoo.data import load_dataset
 from genzoo.data.views import get_view
-from genzoo.devices import bf16_supported, channels_last_for, describe_machine, set_channels_last
+from genzoo.devices import autocast, bf16_supported, channels_last_for, describe_machine, set_channels_last
 from genzoo.models import FAMILIES
 from genzoo.trainer import adam
 
@@ -68,7 +68,7 @@ def family_throughput(name: str, precision: str, batch: int, seconds: float, ker
         return losses.detach().float().mean().item()
 
     def step(i):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision, torch.device("cpu")):
             model.train_step(x, y, i, update, model)
 
     step(0)  # warm-up (first-call allocations, oneDNN kernel choice)

@@ -22,7 +22,7 @@ from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.cifar import ARCHIVE_DATASETS
 from genzoo.data.datasets import DATASETS, is_folder_name, locate, locate_archive, search_dirs
-from genzoo.devices import (DEVICES, PRECISIONS, channels_last_for, pick_device, resolve_precision,
+from genzoo.devices import (DEVICES, PRECISIONS, autocast, channels_last_for, pick_device, resolve_precision,
                             set_channels_last)
 from genzoo.features import FEATURE_DATASETS
 from genzoo.errors import ConfigError, GenzooError
@@ -265,26 +265,24 @@ def cmd_sample(args) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     torch.manual_seed(args.seed)
     options = {**sampler_options(args, model, device), "progress": sys.stderr.isatty()}
-    if args.complete is not None:
-        if not model.can_complete:
-            raise ConfigError(f"the {model.family} family cannot complete an image; --complete needs an "
-                              f"autoregressive model (pixelcnn).")
-        given = model.from_image(read_image(args.complete, model.image_shape)).to(device)
-        with autocast(precision, device):
+    with autocast(precision, device):  # the networks' forward passes; the pictures below are drawn in fp32
+        if args.complete is not None:
+            if not model.can_complete:
+                raise ConfigError(f"the {model.family} family cannot complete an image; --complete needs an "
+                                  f"autoregressive model (pixelcnn).")
+            given = model.from_image(read_image(args.complete, model.image_shape)).to(device)
             x = model.completion_grid(given, args.n, gen, **options)
-    elif args.interpolate is not None:
-        if not model.can_interpolate:
-            raise ConfigError(f"the {model.family} family cannot interpolate between images; --interpolate needs "
-                              f"an encoder (vae) or an invertible sampler (ddpm, flow).")
-        extra = sorted(set(options) - {"progress", "steps"})
-        if extra:
-            raise ConfigError(f"--interpolate takes no --{extra[0]}: the path is decoded deterministically.")
-        a, b = (model.from_image(read_image(f, model.image_shape)).to(device)[None] for f in args.interpolate)
-        steps = {"steps": options["steps"]} if "steps" in options else {}
-        with autocast(precision, device):
+        elif args.interpolate is not None:
+            if not model.can_interpolate:
+                raise ConfigError(f"the {model.family} family cannot interpolate between images; --interpolate "
+                                  f"needs an encoder (vae) or an invertible sampler (ddpm, flow).")
+            extra = sorted(set(options) - {"progress", "steps"})
+            if extra:
+                raise ConfigError(f"--interpolate takes no --{extra[0]}: the path is decoded deterministically.")
+            a, b = (model.from_image(read_image(f, model.image_shape)).to(device)[None] for f in args.interpolate)
+            steps = {"steps": options["steps"]} if "steps" in options else {}
             x = model.interpolate(a, b, frames=args.n, **steps)
-    else:
-        with autocast(precision, device):
+        else:
             x = model.sample(args.n, gen, **options)
     x = x.float()
     if x.dim() == 5:  # an interpolation: one row of frames
@@ -300,12 +298,6 @@ def cmd_sample(args) -> int:
     save_grid(torch.cat([x, pad]).reshape(rows, cols, *x.shape[1:]), out)
     print(f"wrote {args.n} {what} to {out}")
     return 0
-
-
-def autocast(precision: str, device: torch.device):
-    """The networks' forward passes in bf16 (autocast: matmuls and convolutions) when ``precision`` is bf16; the
-    samplers' own arithmetic stays in the fp32 of their state."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def sampler_options(args, model, device, n: int | None = None) -> dict:

@@ -54,6 +54,12 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The networks' forward passes in bf16 (autocast: matmuls and convolutions) when ``precision`` is bf16, as
+    resolved by ``resolve_precision``; arithmetic on tensors outside them stays in their own dtype."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def channels_last_for(precision: str, device: torch.device) -> bool:
     """The memory layout of convolutions: channels-last, except under bf16 on a CPU, where contiguous NCHW tensors
     train faster (BENCHMARKS.md: 'Precision and layout')."""

@@ -31,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from genzoo import distributed, runs, storage
-from genzoo.devices import channels_last_for, pick_device, resolve_precision, set_channels_last
+from genzoo.devices import autocast, channels_last_for, pick_device, resolve_precision, set_channels_last
 from genzoo.data.datasets import ImageDataset
 from genzoo.data.views import batch_indices, get_view
 from genzoo.errors import ConfigError, GenzooError, ModelDiverged, RunError, TrainingDiverged
@@ -273,7 +273,7 @@ class Trainer:
         x = self.view.train_batch(images, self.data_gen)  # the global batch, drawn alike on every rank
         x, labels = distributed.shard(x, self.ctx), distributed.shard(labels, self.ctx)
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with autocast(self.precision, self.device):
                 value = self.model.train_step(x, labels, self.state.step, self._update, self.net)
         except ModelDiverged as e:
             raise TrainingDiverged(self._diverged(str(e))) from None
