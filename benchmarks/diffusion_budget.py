@@ -12,8 +12,9 @@ images (DDPM: the bound and the probability-flow ODE; flow: the ODE). With diffu
 dependency: pip install diffusers), its UNet2DModel (about the same parameter count) trained with DDPMScheduler
 for the same minutes is scored the same way from DDIM-50 samples.
 
-Resumable: every stage writes its figures to benchmarks/results/diffusion_budget[-TAG].json and is skipped when
-there; the runs live in benchmarks/results/diffusion_budget[-TAG]/.
+Resumable: every stage writes its figures (and the machine it ran on) to benchmarks/results/diffusion_budget[-TAG].json
+and is skipped when there; the runs live in benchmarks/results/diffusion_budget[-TAG]/. Processes given different
+--families may run at once: each merges its stages into the file.
 """
 
 from __future__ import annotations
@@ -169,7 +170,10 @@ def main() -> int:
                 continue
             stage = (diffusers_stage(budget, args, data, print) if family == "diffusers"
                      else genzoo_stage(family, budget, args, data, print))
-            stages[key] = {**stage, "date": datetime.date.today().isoformat()}
+            # stages of other families may run at once in other processes: merge with what they wrote
+            if path.is_file():
+                stages.update({k: v for k, v in storage.read_json(path).get("stages", {}).items() if k not in stages})
+            stages[key] = {**stage, "machine": describe_machine(), "date": datetime.date.today().isoformat()}
             storage.write_json(path, result)
     for key, stage in stages.items():
         best = min((r["fid"] for r in stage.get("samplers", [])), default=None)
