@@ -14,7 +14,7 @@ drawn again from the packed weights at full quality (a long run trained with --f
 
 only redraws the pictures of zoo model NAME (after a family gained a picture) and rewrites its index entry.
 
-    python scripts/zoo_add.py --rescore NAME [--eval-n 0] [--bound-t 50] [--ode-nll false]
+    python scripts/zoo_add.py --rescore NAME [--eval-n 0] [--bound-t 50] [--ode-nll false] [--partial PATH]
 
 measures the likelihood of the shipped model NAME again (e.g. on all 10,000 test images where the card had 200):
 the card's likelihood figures of the same name and unit are replaced, the others (FID, KID, an ODE NLL not
@@ -90,7 +90,8 @@ def rescore(name: str, args) -> int:
     defaults = type(run.model).eval_defaults
     ev = evaluate(run.model, runs.run_data(run.config),
                   EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k, "ode_steps": args.ode_steps,
-                                "bound_t": args.bound_t, "ode_nll": args.ode_nll}), torch.device("cpu"), log=print)
+                                "bound_t": args.bound_t, "ode_nll": args.ode_nll}), torch.device("cpu"), log=print,
+                  partial=args.partial)
     new = likelihood_figures(ev)
     if not new:
         print(f"zoo:{name}: its family has no likelihood to measure.", file=sys.stderr)
@@ -113,6 +114,9 @@ def main() -> int:
     p.add_argument("name", nargs="?")
     p.add_argument("--redraw", metavar="NAME", help="only redraw the pictures of this zoo model")
     p.add_argument("--rescore", metavar="NAME", help="only measure the likelihood of this zoo model again")
+    p.add_argument("--partial", type=Path, metavar="PATH",
+                   help="--rescore: keep its progress in PATH (safetensors) and continue from it when run again "
+                        "(e.g. an ODE likelihood of hours, across sessions)")
     p.add_argument("--command", help="the command that trained the run (resumes included)")
     p.add_argument("--eval-n", type=int, default=0, help="test images of the likelihood (0 = all)")
     p.add_argument("--iwae-k", type=int, default=1000)

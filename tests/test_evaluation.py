@@ -308,3 +308,62 @@ def test_report_of_a_folder_that_is_not_a_run_is_one_clear_error(run_cli, tmp_pa
     code, _, err = run_cli("report", tmp_path, "--out", tmp_path / "r.html")
     assert_one_clear_error(code, err, "is not a run folder")
     assert not (tmp_path / "r.html").exists()
+
+
+def interrupted_evaluation(model, data, cfg, partial, after_batches):
+    """Run an evaluation with ``partial`` that is stopped (as by Ctrl-C) during batch ``after_batches + 1``."""
+    from genzoo.evaluate import evaluate
+
+    real, calls = model.log_likelihood_estimate, []
+
+    def failing(x, k):
+        calls.append(1)
+        if len(calls) > after_batches:
+            raise KeyboardInterrupt
+        return real(x, k)
+
+    model.log_likelihood_estimate = failing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(model, data, cfg, torch.device("cpu"), progress=False, partial=partial)
+    finally:
+        del model.log_likelihood_estimate
+
+
+def test_an_interrupted_evaluation_continues_where_it_stopped_with_the_same_result(mnist, tmp_path):
+    from genzoo import storage
+    from genzoo.config import EvalConfig
+    from genzoo.evaluate import evaluate
+    from genzoo.models.vae import VAE, VAEConfig
+
+    model = VAE(VAEConfig(latent_dim=4, hidden=32, depth=1), (1, 28, 28))  # its ELBO and IWAE draw noise
+    cfg, cpu = EvalConfig(n=350, iwae_k=4), torch.device("cpu")
+    whole = evaluate(model, mnist, cfg, cpu, progress=False)
+    partial = tmp_path / "eval-test.partial.safetensors"
+    interrupted_evaluation(model, mnist, cfg, partial, after_batches=2)
+    saved, _ = storage.load_tensors(partial)
+    assert {k: len(v) for k, v in saved.items()} == {"neg_elbo": 200, "nll": 200}  # whole batches only
+    said = []
+    assert evaluate(model, mnist, cfg, cpu, progress=False, partial=partial, log=said.append) == whole
+    assert any("200 images already scored" in s for s in said)
+    assert not partial.exists()  # removed once the evaluation is complete
+
+    # progress of other settings, or a damaged file, is not used: the evaluation starts again
+    interrupted_evaluation(model, mnist, cfg, partial, after_batches=1)
+    other = EvalConfig(n=350, iwae_k=8)
+    said = []
+    assert evaluate(model, mnist, other, cpu, progress=False, partial=partial, log=said.append) == \
+        evaluate(model, mnist, other, cpu, progress=False)
+    assert any("other weights or settings" in s for s in said)
+    partial.write_bytes(b"not safetensors")
+    said = []
+    assert evaluate(model, mnist, cfg, cpu, progress=False, partial=partial, log=said.append) == whole
+    assert any("scoring from the first image again" in s.lower() for s in said)
+    # the values of the first n examples do not depend on n: a shorter evaluation takes its own from the
+    # progress of a longer one
+    interrupted_evaluation(model, mnist, cfg, partial, after_batches=2)
+    short = EvalConfig(n=100, iwae_k=4)
+    said = []
+    assert evaluate(model, mnist, short, cpu, progress=False, partial=partial, log=said.append) == \
+        evaluate(model, mnist, short, cpu, progress=False)
+    assert any("100 images already scored" in s for s in said)

@@ -338,7 +338,7 @@ def format_metrics(result: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from genzoo.evaluate import FID_SAMPLES, evaluate, sample_quality
+    from genzoo.evaluate import FID_SAMPLES, evaluate, partial_path, sample_quality
 
     device = pick_device(args.device)
     run = runs.load_run(args.run, device=device)
@@ -362,9 +362,11 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"{given[0]} applies to sample quality only; add --fid.")
     cfg = from_args(EvalConfig, args, base=EvalConfig(**type(run.model).eval_defaults))
     data = runs.run_data(run.config)
-    result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty())
-    result["eval_config"] = dataclasses.asdict(cfg)
     out = output_path(args.run, runs.eval_file(cfg.split))
+    # progress is kept beside the result, so an interrupted evaluation continues when the command is run again
+    result = evaluate(run.model, data, cfg, device, progress=sys.stderr.isatty(), partial=partial_path(out),
+                      log=lambda message: print(message, file=sys.stderr))
+    result["eval_config"] = dataclasses.asdict(cfg)
     storage.write_json(out, result)
     print(format_metrics(result))
     print(f"written to {out}")

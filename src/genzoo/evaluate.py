@@ -7,20 +7,24 @@ and bits per dimension on the 8-bit ``uint8`` view.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from genzoo import theory
+from genzoo import storage, theory
 from genzoo.config import EvalConfig
 from genzoo.data.datasets import ImageDataset
 from genzoo.data.toy import TOY_DATASETS, ToySpec, grid_kl, mode_metrics
 from genzoo.data.views import get_view, reports_bits_per_dim
-from genzoo.errors import ConfigError
+from genzoo.errors import ConfigError, RunError
 from genzoo.models.base import DensityKind, GenerativeModel
 
 EVAL_SEED = 0  # the noise of stochastic bounds (ELBO, IWAE) is drawn from this seed, for reproducible figures
@@ -97,6 +101,46 @@ def ais_scores(model: GenerativeModel, x: torch.Tensor, cfg: EvalConfig, device:
             "ais_box": [low, high]}
 
 
+def partial_path(result: Path) -> Path:
+    """Where an evaluation that will write ``result`` (e.g. RUN/eval-test.json) keeps its progress."""
+    return result.with_name(result.stem + ".partial.safetensors")
+
+
+def _fingerprint(model: GenerativeModel, cfg: EvalConfig, dataset: str) -> str:
+    """SHA-256 of what decides an evaluation's per-example values: the weights, the settings but the number of
+    examples (the values of the first n do not depend on it), the data."""
+    settings = {**dataclasses.asdict(cfg), "n": None}
+    h = hashlib.sha256(json.dumps({"family": model.family, "dataset": dataset, "cfg": settings},
+                                  sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resume(partial: Path | None, fingerprint: str, n: int,
+            log: Callable[[str], None]) -> dict[str, list[torch.Tensor]]:
+    """The per-example values (of at most the first ``n`` examples) that an interrupted evaluation with the same
+    fingerprint left in ``partial``, or none."""
+    if partial is None or not partial.is_file():
+        return {}
+    try:
+        tensors, meta = storage.load_tensors(partial)
+    except RunError as e:
+        log(f"{e} Scoring from the first image again.")
+        return {}
+    if meta.get("fingerprint") != fingerprint:
+        log(f"{partial} holds an evaluation of other weights or settings: scoring from the first image again.")
+        return {}
+    done = {len(t) for t in tensors.values()}
+    if len(done) != 1:
+        log(f"{partial} is inconsistent: scoring from the first image again.")
+        return {}
+    done = min(done.pop(), n)
+    log(f"continuing the interrupted evaluation in {partial}: {done} images already scored")
+    return {k: [t[:done]] for k, t in tensors.items()}
+
+
 def eval_header(model: GenerativeModel, data: ImageDataset, split: str, n_examples: int) -> dict:
     """What every evaluation result starts with: what was scored, on which data, in which view."""
     return {"family": model.family, "kind": model.kind.value, "dataset": data.name, "split": split,
@@ -105,9 +149,14 @@ def eval_header(model: GenerativeModel, data: ImageDataset, split: str, n_exampl
 
 @torch.no_grad()
 def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device: torch.device,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+             progress: bool = True, log: Callable[[str], None] | None = None, partial: Path | None = None) -> dict:
     """The metrics the model's kind allows, on ``cfg.split``, as a JSON-ready dict. ``log`` is told, after the
-    first batch, how long the whole evaluation will take."""
+    first batch, how long the whole evaluation will take.
+
+    Each batch draws its noise (the ELBO's z, the IWAE's samples, Hutchinson's probes) from its own seed, so
+    the per-example values do not depend on where an evaluation started: with ``partial`` (a safetensors file)
+    they are saved after every batch, and an evaluation of the same weights and settings that finds the file
+    continues where the interrupted one stopped, with the same result; the file is removed at the end."""
     model.eval()
     x = eval_tensor(model, data, cfg.split, cfg.n)
     dims = x[0].numel()
@@ -126,17 +175,19 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
             out["note"] = "unnormalised model: energy only, log Z unknown, so no log-likelihood" + (
                 "; the KL is computed with log Z found numerically on a grid" if data.name in TOY_DATASETS else "")
         return out
-    per_example: dict[str, list[torch.Tensor]] = {}
     batch = 100
+    fingerprint = _fingerprint(model, cfg, data.name) if partial is not None else ""
+    per_example = _resume(partial, fingerprint, len(x), log or (lambda _: None))
+    first = len(next(iter(per_example.values()))[0]) if per_example else 0
     tick = time.perf_counter()
-    with isolated_rng(EVAL_SEED, device):
-        bar = tqdm(range(0, len(x), batch), desc=f"eval {cfg.split}", unit="batch", disable=not progress or None,
-                   leave=False)
-        for start in bar:
-            if start == batch and log is not None and len(x) > 2 * batch:
-                per_batch = time.perf_counter() - tick
-                log(f"evaluating {len(x)} {cfg.split} images: about {per_batch * len(x) / batch / 60:.1f} minutes "
-                    f"in all")
+    bar = tqdm(range(first, len(x), batch), desc=f"eval {cfg.split}", unit="batch", disable=not progress or None,
+               leave=False)
+    for start in bar:
+        if start == first + batch and log is not None and len(x) - first > 2 * batch:
+            per_batch = time.perf_counter() - tick
+            log(f"evaluating {len(x) - first} {cfg.split} images: about "
+                f"{per_batch * (len(x) - first) / batch / 60:.1f} minutes in all")
+        with isolated_rng(EVAL_SEED + start, device):  # the batch's own noise: resumable, and prefix-consistent
             xb = x[start:start + batch].to(device)
             if model.kind is DensityKind.EXACT:
                 per_example.setdefault("nll", []).append(-model.log_prob(xb, **model.likelihood_options(cfg)).cpu())
@@ -147,6 +198,11 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
                 if model.ode_likelihood and cfg.ode_nll:
                     per_example.setdefault("nll_ode", []).append(
                         -model.ode_log_prob(xb, cfg.ode_steps, cfg.probes).cpu())
+        if partial is not None:
+            storage.save_tensors(partial, {k: torch.cat(v) for k, v in per_example.items()},
+                                 {"fingerprint": fingerprint})
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     for key, parts in per_example.items():
         mean, se = _mean_and_stderr(torch.cat(parts))
         out[f"{key}_nats"] = mean
