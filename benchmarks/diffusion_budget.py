@@ -71,7 +71,7 @@ def genzoo_stage(entry: str, budget: float, args, data, log) -> dict:
         log(f"{entry} at {budget:g} min, {text}: FID {row['fid']:.2f}, {row['seconds_per_100']:.1f} s per 100")
         out["samplers"].append(row)
     ev = evaluate(run.model, data, EvalConfig(n=args.nll_n, ode_steps=args.ode_steps, bound_t=args.bound_t),
-                  torch.device("cpu"), progress=False)
+                  torch.device("cpu"), progress=False, partial=run_dir / f"nll-{budget:g}.partial.safetensors")
     out["nll"] = {k: v for k, v in ev.items() if "bits_per_dim" in k or k.endswith("estimator") or k == "n_examples"}
     return out
 
@@ -165,8 +165,8 @@ def main() -> int:
                    "command": "python benchmarks/diffusion_budget.py " + " ".join(sys.argv[1:])})
     data = load_dataset("mnist")
     stages = result.setdefault("stages", {})
-    for budget in sorted(args.budgets):
-        for family in args.families:
+    for family in args.families:  # a family's budgets in turn: at most one unfinished run to carry between machines
+        for budget in sorted(args.budgets):
             key = f"{family}@{budget:g}"
             if key in stages:
                 continue
