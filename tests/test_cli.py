@@ -78,6 +78,7 @@ def test_eval_reproduces_the_training_summary(trained, run_cli):
     summary = json.loads((run / "summary.json").read_text())["eval"]
     for key in ("neg_elbo_nats", "nll_nats", "n_examples", "iwae_k"):
         assert written[key] == summary[key], key
+    assert not (run / "eval-test.partial.safetensors").exists()  # its progress file goes once the result is written
 
 
 def test_list_names_families_kinds_and_datasets(run_cli):
