@@ -143,7 +143,8 @@ def main() -> int:
                    help="ddpm, flow (their defaults), FAMILY:PRESET (e.g. ddpm:min-snr, whose bound the "
                         "min-SNR weighting costs), diffusers")
     p.add_argument("--budgets", nargs="+", type=float, default=[30.0, 60.0], help="training minutes, increasing")
-    p.add_argument("--epochs", type=int, default=4, help="epochs of the cosine schedule (the horizon of the runs): about the largest budget's worth "
+    p.add_argument("--epochs", type=int, default=4,
+                   help="epochs of the cosine schedule (the horizon of the runs): about the largest budget's worth "
                         "on this machine, or the last stage trains on an ended schedule (one thread: 4 on an AVX2 "
                         "core, 10 with AVX-512-BF16, where an epoch of the U-Net takes 6 minutes)")
     p.add_argument("--fid-n", type=int, default=10_000)

@@ -58,6 +58,12 @@ def likelihood_figures(ev: dict) -> list[dict]:
     return figures
 
 
+def eval_config(run: runs.Run, args) -> EvalConfig:
+    """The likelihood settings of ``args`` over the family's evaluation defaults."""
+    return EvalConfig(**{**type(run.model).eval_defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
+                         "ode_steps": args.ode_steps, "bound_t": args.bound_t, "ode_nll": args.ode_nll})
+
+
 def score(run: runs.Run, args, card: dict) -> dict[str, dict]:
     """Score a packed model on the protocol of ``args``, adding the figures to ``card``; returns its result files
     ({file name: JSON}). The pictures are drawn again into the run folder, which the final pack copies."""
@@ -65,9 +71,7 @@ def score(run: runs.Run, args, card: dict) -> dict[str, dict]:
     sampler = sampler_options(args, run.model, cpu, args.fid_n)  # checked against the family's declaration first
     data = runs.run_data(run.config)
     draw_pictures(run.model, data, args.run, cpu)
-    defaults = type(run.model).eval_defaults
-    ev = evaluate(run.model, data, EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
-                                                 "ode_steps": args.ode_steps, "bound_t": args.bound_t}), cpu, log=print)
+    ev = evaluate(run.model, data, eval_config(run, args), cpu, log=print)
     card["figures"] += likelihood_figures(ev)
     results = {runs.eval_file("test"): ev}
     if args.fid_n:
@@ -87,10 +91,7 @@ def rescore(name: str, args) -> int:
     """Measure zoo model ``name``'s likelihood again with ``args``' settings and update its card in place."""
     run = runs.load_run(zoo.PREFIX + name)  # verified against the index before anything is rewritten
     folder = zoo.ROOT / name
-    defaults = type(run.model).eval_defaults
-    ev = evaluate(run.model, runs.run_data(run.config),
-                  EvalConfig(**{**defaults, "n": args.eval_n, "iwae_k": args.iwae_k, "ode_steps": args.ode_steps,
-                                "bound_t": args.bound_t, "ode_nll": args.ode_nll}), torch.device("cpu"), log=print,
+    ev = evaluate(run.model, runs.run_data(run.config), eval_config(run, args), torch.device("cpu"), log=print,
                   partial=args.partial)
     new = likelihood_figures(ev)
     if not new:

@@ -330,6 +330,14 @@ def interrupted_evaluation(model, data, cfg, partial, after_batches):
         del model.log_likelihood_estimate
 
 
+def evaluation_from(partial, model, data, cfg):
+    """An evaluation given ``partial``, and the lines it said."""
+    from genzoo.evaluate import evaluate
+
+    said = []
+    return evaluate(model, data, cfg, torch.device("cpu"), progress=False, partial=partial, log=said.append), said
+
+
 def test_an_interrupted_evaluation_continues_where_it_stopped_with_the_same_result(mnist, tmp_path):
     from genzoo import storage
     from genzoo.config import EvalConfig
@@ -343,27 +351,25 @@ def test_an_interrupted_evaluation_continues_where_it_stopped_with_the_same_resu
     interrupted_evaluation(model, mnist, cfg, partial, after_batches=2)
     saved, _ = storage.load_tensors(partial)
     assert {k: len(v) for k, v in saved.items()} == {"neg_elbo": 200, "nll": 200}  # whole batches only
-    said = []
-    assert evaluate(model, mnist, cfg, cpu, progress=False, partial=partial, log=said.append) == whole
+    result, said = evaluation_from(partial, model, mnist, cfg)
+    assert result == whole
     assert any("200 images already scored" in s for s in said)
     assert not partial.exists()  # removed once the evaluation is complete
 
     # progress of other settings, or a damaged file, is not used: the evaluation starts again
     interrupted_evaluation(model, mnist, cfg, partial, after_batches=1)
     other = EvalConfig(n=350, iwae_k=8)
-    said = []
-    assert evaluate(model, mnist, other, cpu, progress=False, partial=partial, log=said.append) == \
-        evaluate(model, mnist, other, cpu, progress=False)
+    result, said = evaluation_from(partial, model, mnist, other)
+    assert result == evaluate(model, mnist, other, cpu, progress=False)
     assert any("other weights or settings" in s for s in said)
     partial.write_bytes(b"not safetensors")
-    said = []
-    assert evaluate(model, mnist, cfg, cpu, progress=False, partial=partial, log=said.append) == whole
+    result, said = evaluation_from(partial, model, mnist, cfg)
+    assert result == whole
     assert any("scoring from the first image again" in s.lower() for s in said)
     # the values of the first n examples do not depend on n: a shorter evaluation takes its own from the
     # progress of a longer one
     interrupted_evaluation(model, mnist, cfg, partial, after_batches=2)
     short = EvalConfig(n=100, iwae_k=4)
-    said = []
-    assert evaluate(model, mnist, short, cpu, progress=False, partial=partial, log=said.append) == \
-        evaluate(model, mnist, short, cpu, progress=False)
+    result, said = evaluation_from(partial, model, mnist, short)
+    assert result == evaluate(model, mnist, short, cpu, progress=False)
     assert any("100 images already scored" in s for s in said)

@@ -220,9 +220,10 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
     if "nll_ode" in per_example:
         out["nll_ode_estimator"] = (f"probability-flow ODE, RK4 with {cfg.ode_steps} steps, "
                                     + (f"Hutchinson divergence ({cfg.probes} probe(s))" if cfg.probes else
-                                       "exact divergence") + ", uniform dequantisation: an upper bound on the NLL of the "
-                                    "8-bit data in expectation (Jensen over the dequantisation noise; Hutchinson's "
-                                    "trace is unbiased), up to the solver's error")
+                                       "exact divergence")
+                                    + ", uniform dequantisation: an upper bound on the NLL of the 8-bit data in "
+                                    "expectation (Jensen over the dequantisation noise; Hutchinson's trace is "
+                                    "unbiased), up to the solver's error")
     return out
 
 
