@@ -227,3 +227,39 @@ def test_a_checkpoint_of_the_unfused_adam_resumes_with_the_fused_kernel_to_round
     for k in a:
         if k.startswith(("model.", "optim.")):
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_compiled_training_agrees_with_the_eager_one_and_its_checkpoint_resumes_eagerly(tmp_path):
+    """--compile runs the networks through inductor's kernels: the same arithmetic in another order, so after five
+    steps the weights and Adam's moments agree with an eager run's to round-off, under the same names (the state
+    dict does not depend on compiling), and the compiled run resumes without it to where the eager run ends."""
+    quick = dict(epochs=1, final_eval="skip")
+    train_run(tiny_vae_config(max_steps=5, **quick), tmp_path / "eager", **QUIET)
+    lines = []
+    train_run(tiny_vae_config(max_steps=5, compile=True, **quick), tmp_path / "compiled", log=lines.append,
+              progress_bar=False)
+    assert "compiled (torch.compile" in lines[0]
+
+    def assert_close_state(a, b):
+        ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            if k.startswith(("model.", "optim.")):
+                torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+    assert_close_state(tmp_path / "eager", tmp_path / "compiled")
+    for name in ("eager", "compiled"):
+        train_run(tiny_vae_config(**quick), tmp_path / name, resume=True, **QUIET)
+    assert runs.checkpoint_step(tmp_path / "compiled" / runs.CHECKPOINT) == 8
+    assert_close_state(tmp_path / "eager", tmp_path / "compiled")
+
+
+def test_compile_without_a_compiler_is_refused_in_one_sentence_before_training(tmp_path, monkeypatch):
+    import genzoo.devices as devices
+    from genzoo.errors import ConfigError
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"--compile needs a C\+\+ compiler .* train without --compile\.$"):
+        train_run(tiny_vae_config(compile=True), tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run" / runs.CHECKPOINT).exists()

@@ -74,6 +74,11 @@ class TrainConfig:
     precision: str = option("auto", "arithmetic of the training forward pass: fp32, bf16 autocast, or auto: bf16 "
                                     "where it is native (CPUs with AMX or AVX-512-BF16, recent GPUs), fp32 elsewhere; "
                                     "evaluation and checkpoints stay fp32", choices=PRECISIONS)
+    compile: bool = option(False, "compile the networks with torch.compile (inductor): on a CPU in bf16 PixelCNN "
+                                  "trains ~1.2x and RealNVP ~1.1x faster, the U-Net and the VAE no faster; a minute "
+                                  "or more of compiling first (less when inductor's cache holds it) and at each "
+                                  "resume; needs a C++ compiler on CPU, triton on CUDA; the weights and checkpoints "
+                                  "are the same either way")
     max_steps: int = option(0, "stop after this many optimizer steps in all (0 = no limit)", min=0)
     time_limit: float = option(0.0, "stop after this many minutes of training in all, resumes included (0 = no limit)",
                                min=0.0)

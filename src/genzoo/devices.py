@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import shutil
 
 import torch
 
@@ -73,6 +75,30 @@ def set_channels_last(model: torch.nn.Module, channels_last: bool) -> None:
         if isinstance(getattr(module, "channels_last", None), bool) and module.channels_last != channels_last:
             module.channels_last = channels_last
             module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def compiler_missing(device: torch.device) -> str | None:
+    """What ``torch.compile``'s default backend (inductor) lacks on ``device`` here, or None when it has it: a C++
+    compiler for CPU code, triton for CUDA kernels."""
+    if device.type == "cpu":
+        named = os.environ.get("CXX")
+        if not (named and shutil.which(named)) and not any(shutil.which(c) for c in ("g++", "clang++")):
+            return "a C++ compiler (g++ or clang++ on the PATH, or $CXX)"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "triton (pip install triton)"
+    return None
+
+
+def compile_networks(model: torch.nn.Module) -> list[str]:
+    """Compile the networks in ``model`` (the outermost modules of genzoo.nets: the U-Net, the encoder and decoder,
+    the generator and discriminator ...) with ``torch.compile`` in place: calls go through the compiled code, and
+    the state dict keeps its names, so checkpoints do not depend on it. Returns the compiled modules' names."""
+    done: list[str] = []
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith("genzoo.nets") and not any(name.startswith(d + ".") for d in done):
+            module.compile()
+            done.append(name)
+    return done
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the CPU features that decide fp32 and bf16 speed

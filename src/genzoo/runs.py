@@ -42,7 +42,7 @@ SUMMARY = "summary.json"
 FID_EVAL = "eval-fid.json"  # `genzoo eval RUN --fid`; `genzoo eval RUN` writes eval_file(split)
 CHECKPOINT_FORMAT = "genzoo-checkpoint-2"  # 2: one optimizer per player (optim.PLAYER.*)
 # Settings a resumed run may change; everything else is fixed by the run's config.json.
-RESUMABLE_CHANGES = ("epochs", "max_steps", "time_limit", "device", "precision", "final_eval")
+RESUMABLE_CHANGES = ("epochs", "max_steps", "time_limit", "device", "precision", "compile", "final_eval")
 
 
 def eval_file(split: str) -> str:

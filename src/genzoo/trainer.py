@@ -31,7 +31,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from genzoo import distributed, runs, storage
-from genzoo.devices import autocast, channels_last_for, pick_device, resolve_precision, set_channels_last
+from genzoo.devices import (autocast, channels_last_for, compile_networks, compiler_missing, pick_device,
+                            resolve_precision, set_channels_last)
 from genzoo.data.datasets import ImageDataset
 from genzoo.data.views import batch_indices, get_view
 from genzoo.errors import ConfigError, GenzooError, ModelDiverged, RunError, TrainingDiverged
@@ -124,6 +125,7 @@ class Trainer:
                            for player in model.players}
         self.ema = (AveragedModel(self.model, multi_avg_fn=self._ema_average, use_buffers=True)
                     if self.tcfg.ema_decay > 0 else None)
+        self.compiled = self._compile() if self.tcfg.compile else []  # after the EMA's copy: it stays eager
         self.data_gen = torch.Generator(device=self.device).manual_seed(self.tcfg.seed + 1)
         self.state = Progress()
         self.metrics: list[dict] = []
@@ -133,6 +135,17 @@ class Trainer:
         self._val_x = eval_tensor(model, data, "val")
         self._train_images = data.train.images.to(self.device)
         self._train_labels = data.train.labels.to(self.device)
+
+    def _compile(self) -> list[str]:
+        missing = compiler_missing(self.device)
+        if missing:
+            raise ConfigError(f"--compile needs {missing}, which this machine lacks; train without --compile.")
+        return compile_networks(self.model)
+
+    def _eager(self) -> contextlib.AbstractContextManager:
+        """Validation, pictures and the final evaluation run the networks eagerly: compiling their other shapes
+        and modes would cost more than it saves."""
+        return torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
 
     def _ema_average(self, ema_params: list, params: list, num_averaged: torch.Tensor) -> None:
         """ema <- decay * ema + (1 - decay) * weights, with the decay of ``ema_decay_at`` after num_averaged updates."""
@@ -277,6 +290,12 @@ class Trainer:
                 value = self.model.train_step(x, labels, self.state.step, self._update, self.net)
         except ModelDiverged as e:
             raise TrainingDiverged(self._diverged(str(e))) from None
+        except Exception as e:  # torch.compile's failures (no compiler, a failed build) are one sentence
+            if not (self.compiled and type(e).__module__.startswith(("torch._dynamo", "torch._inductor"))):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"torch.compile failed ({first[:200]}); train without --compile (the run's last "
+                              f"checkpoint is unchanged).") from None
         if self.ema is not None:
             update_ema(self.ema, self.model)
         return value
@@ -312,7 +331,8 @@ class Trainer:
         # A run stopped inside its first epoch is a smoke run: its validation line uses the first
         # QUICK_VALIDATION images, not all of them (the row says how many).
         n = QUICK_VALIDATION if partial and s.epoch == 0 else len(self._val_x)
-        val = validation_metrics(self.eval_model, self._val_x[:n], self.data.val.labels[:n], self.device)
+        with self._eager():
+            val = validation_metrics(self.eval_model, self._val_x[:n], self.data.val.labels[:n], self.device)
         row = {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.epoch_loss_sum / max(s.epoch_examples, 1),
                **{f"val_{k}": v for k, v in val.items()},
                "images_per_s": s.epoch_examples / max(s.epoch_seconds, 1e-9), "epoch_seconds": s.epoch_seconds}
@@ -332,6 +352,10 @@ class Trainer:
         """Score the model, draw its pictures and curves, and write summary.json (rank 0 only)."""
         if not self.ctx.is_main:
             return {}
+        with self._eager():
+            return self._finish(finished)
+
+    def _finish(self, finished: bool) -> dict:
         model = self.eval_model
         model.eval()
         s = self.state
@@ -419,6 +443,7 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
             trainer.log(f"training {cfg.family} ({model.kind.value}) on {data.name} [{data.source}], {n_params:,} "
                         f"parameters, device {trainer.device}, precision {trainer.precision}{chosen}, layout "
                         f"{'channels-last' if trainer.channels_last else 'NCHW'}"
+                        + (", compiled (torch.compile: the first steps wait for it)" if trainer.compiled else "")
                         + (f" x {ctx.world} processes" if ctx.active else "") + f", run folder {out}")
             return trainer.fit()
     finally:
