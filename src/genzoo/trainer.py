@@ -10,6 +10,10 @@ saving) or on a non-finite loss (keeping the last good checkpoint).
 Resuming is exact on CPU: the data order of an epoch depends only on (seed, epoch), and the checkpoint holds
 the torch and data RNG states, so a resumed run takes the same steps as an uninterrupted one.
 
+With ``compile`` the networks' training steps run through ``torch.compile`` (compiled in place, so the state
+dict and the checkpoints are those of an eager run); everything else (validation, pictures, the final evaluation)
+runs them eagerly.
+
 Launched by torchrun, the same loop trains data-parallel with DistributedDataParallel: see distributed.py for
 how the batch is divided, what is agreed across ranks and what only rank 0 does.
 """
