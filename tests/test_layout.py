@@ -10,7 +10,7 @@ PACKAGE = Path(genzoo.__file__).parent
 
 # Bottom to top. A module may import modules of its own layer or of the layers below it, never above.
 LAYERS = [
-    {"_version", "errors", "storage", "theory", "quality", "ais", "options", "devices", "distributed"},
+    {"_version", "errors", "storage", "theory", "mixture", "quality", "ais", "options", "devices", "distributed"},
     {"data", "nets", "plots", "zoo"},  # data, nets: packages, every module inside them
     {"config"},
     {"samplers", "models"},

@@ -121,6 +121,12 @@ class GenerativeModel(nn.Module):
         may take more keyword options: exactly those it declares in ``sample_options``."""
         raise NotImplementedError
 
+    def fit_after_training(self, x: torch.Tensor) -> bool:
+        """Fit what the family estimates from the training images once the weights are trained (``x``: every
+        training image in the family's view, on the model's device); True when something was fitted, so that the
+        trainer saves the weights again. By default nothing."""
+        return False
+
     @classmethod
     def for_release(cls, tensors: dict[str, torch.Tensor], model_config: dict) -> tuple[dict, dict]:
         """The weights and model settings to ship (the zoo) from a trained model's: by default all of them. A family
