@@ -19,12 +19,20 @@ only redraws the pictures of zoo model NAME (after a family gained a picture) an
 measures the likelihood of the shipped model NAME again (e.g. on all 10,000 test images where the card had 200):
 the card's likelihood figures of the same name and unit are replaced, the others (FID, KID, an ODE NLL not
 measured again) kept; the card records the rescoring's command, machine and date.
+
+    python scripts/zoo_add.py --refit-prior NAME --components 20 [--fid-n 10000]
+
+gives the shipped VAE NAME a sampling mixture of K Gaussians fitted to its training images' posterior means
+(``--prior-components``; the weights and so the likelihoods unchanged), redraws its pictures and measures its
+FID/KID again on the packed weights; the card records the refit's command, machine and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +45,7 @@ from genzoo.cli import add_sampler_options, sampler_options
 from genzoo.models import get_family
 from genzoo.config import EvalConfig, parse_bool
 from genzoo.devices import describe_machine
-from genzoo.evaluate import evaluate, sample_quality
+from genzoo.evaluate import eval_tensor, evaluate, sample_quality
 from genzoo.trainer import draw_pictures
 
 
@@ -64,16 +72,19 @@ def eval_config(run: runs.Run, args) -> EvalConfig:
                          "ode_steps": args.ode_steps, "bound_t": args.bound_t, "ode_nll": args.ode_nll})
 
 
-def score(run: runs.Run, args, card: dict) -> dict[str, dict]:
-    """Score a packed model on the protocol of ``args``, adding the figures to ``card``; returns its result files
-    ({file name: JSON}). The pictures are drawn again into the run folder, which the final pack copies."""
+def score(run: runs.Run, args, card: dict, likelihood: bool = True) -> dict[str, dict]:
+    """Score a packed model on the protocol of ``args`` (without ``likelihood``: FID/KID only), adding the figures
+    to ``card``; returns its result files ({file name: JSON}). The pictures are drawn again into the folder
+    ``args.run``, which the final pack copies."""
     cpu = torch.device("cpu")
     sampler = sampler_options(args, run.model, cpu, args.fid_n)  # checked against the family's declaration first
     data = runs.run_data(run.config)
     draw_pictures(run.model, data, args.run, cpu)
-    ev = evaluate(run.model, data, eval_config(run, args), cpu, log=print)
-    card["figures"] += likelihood_figures(ev)
-    results = {runs.eval_file("test"): ev}
+    results = {}
+    if likelihood:
+        ev = evaluate(run.model, data, eval_config(run, args), cpu, log=print)
+        card["figures"] += likelihood_figures(ev)
+        results[runs.eval_file("test")] = ev
     if args.fid_n:
         q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
         results[runs.FID_EVAL] = q
@@ -109,12 +120,53 @@ def rescore(name: str, args) -> int:
     return 0
 
 
+def refit_prior(name: str, components: int, args) -> int:
+    """Give zoo VAE ``name`` a sampling mixture of ``components`` Gaussians (its weights unchanged), then redraw
+    its pictures and measure FID/KID again, on the packed copy, before the zoo's entry is replaced."""
+    run = runs.load_run(zoo.PREFIX + name)  # verified against the index before anything is rewritten
+    if not hasattr(run.config.model, "prior_components"):
+        print(f"zoo:{name}: a {run.config.family} model has no latent prior to fit.", file=sys.stderr)
+        return 2
+    cfg = dataclasses.replace(run.config, model=dataclasses.replace(run.config.model, prior_components=components))
+    data = runs.run_data(cfg)
+    model = runs.build_model(cfg, data.image_shape)
+    model.load_state_dict(run.model.state_dict(), strict=False)  # the shipped weights; the mixture is new
+    model.fit_after_training(eval_tensor(model, data, "train"))
+    folder = zoo.ROOT / name
+    with tempfile.TemporaryDirectory(prefix="zoo-refit-") as staging:
+        stage = Path(staging) / name
+        shutil.copytree(folder, stage)
+        storage.write_json(stage / runs.CONFIG, cfg.to_json())
+        storage.save_tensors(stage / zoo.WEIGHTS, zoo.half_weights(model.state_dict()), {"storage_dtype": zoo.HALF})
+        packed = runs.load_run(stage)  # what users will load: the mixture in half precision too
+        card = storage.read_json(stage / zoo.CARD)
+        card["figures"] = [f for f in card["figures"] if f["name"] not in ("FID", "KID")]
+        results = score(packed, argparse.Namespace(**{**vars(args), "run": stage}), card, likelihood=False)
+        for file, result in results.items():
+            storage.write_json(stage / file, result)
+        card.setdefault("rescored", []).append({"command": "python scripts/zoo_add.py " + " ".join(sys.argv[1:]),
+                                                "what": f"sampling prior: a mixture of {components} Gaussians fitted "
+                                                        f"to the training posteriors; weights unchanged",
+                                                "machine": describe_machine(),
+                                                "date": datetime.date.today().isoformat()})
+        storage.write_json(stage / zoo.CARD, card)
+        for path in stage.iterdir():
+            shutil.copy2(path, folder / path.name)
+    zoo.reindex(name)
+    print(f"zoo:{name}: " + "; ".join(f"{f['name']} {f['value']} (n={f['n']})" for f in card["figures"]
+                                      if f["name"] in ("FID", "KID")))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, nargs="?")
     p.add_argument("name", nargs="?")
     p.add_argument("--redraw", metavar="NAME", help="only redraw the pictures of this zoo model")
     p.add_argument("--rescore", metavar="NAME", help="only measure the likelihood of this zoo model again")
+    p.add_argument("--refit-prior", metavar="NAME", help="give this zoo VAE a sampling mixture of --components "
+                                                          "Gaussians, and measure its FID/KID again")
+    p.add_argument("--components", type=int, default=20, help="--refit-prior's mixture components")
     p.add_argument("--partial", type=Path, metavar="PATH",
                    help="--rescore: keep its progress in PATH (safetensors) and continue from it when run again "
                         "(e.g. an ODE likelihood of hours, across sessions)")
@@ -135,6 +187,8 @@ def main() -> int:
     cpu = torch.device("cpu")
     if args.rescore:
         return rescore(args.rescore.removeprefix(zoo.PREFIX), args)
+    if args.refit_prior:
+        return refit_prior(args.refit_prior.removeprefix(zoo.PREFIX), args.components, args)
     if args.redraw:
         name = args.redraw.removeprefix(zoo.PREFIX)
         run = runs.load_run(zoo.PREFIX + name)  # verified against the index before anything is rewritten

@@ -40,9 +40,10 @@ def sample(mix: dict[str, torch.Tensor], n: int, generator: torch.Generator | No
 def fit(z: torch.Tensor, components: int, iterations: int = 200, seed: int = 0, jitter: float = 1e-6,
         tol: float = 1e-4) -> dict[str, torch.Tensor]:
     """Maximum-likelihood mixture of ``components`` full-covariance Gaussians for points z [N x D], by EM in
-    float64 from ``seed``'s choice of K points as the means (each with the points' covariance), until the mean
-    log-likelihood gains less than ``tol`` nats in an iteration or after ``iterations``; ``jitter`` times the mean
-    variance is added to each covariance's diagonal so that none collapses. Returns float32 tensors."""
+    float64, started from 20 rounds of k-means from ``seed``'s choice of K points (each component with the points'
+    covariance), until the mean log-likelihood gains less than ``tol`` nats in an iteration or after
+    ``iterations``; ``jitter`` times the mean variance is added to each covariance's diagonal so that none
+    collapses. Returns float32 tensors."""
     n, d = z.shape
     if not 1 <= components <= n:
         raise ValueError(f"a mixture of {components} components needs between 1 and {n} points")
@@ -50,6 +51,11 @@ def fit(z: torch.Tensor, components: int, iterations: int = 200, seed: int = 0, 
     ridge = jitter * z.var(0).mean() * torch.eye(d, dtype=z.dtype)
     g = torch.Generator().manual_seed(seed)
     means = z[torch.randperm(n, generator=g)[:components]].clone()
+    for _ in range(20):  # Lloyd's k-means: EM from random points alone creeps through long plateaus
+        nearest = torch.cdist(z, means).argmin(1)
+        counts = torch.bincount(nearest, minlength=components)
+        sums = torch.zeros_like(means).index_add_(0, nearest, z)
+        means = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], means)
     covs = (torch.cov(z.T) + ridge).expand(components, d, d).clone()
     weights = torch.full((components,), 1.0 / components, dtype=z.dtype)
     last = -float("inf")
