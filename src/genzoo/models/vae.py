@@ -63,10 +63,11 @@ class VAE(GenerativeModel):
     # (stated with the figure) and `genzoo eval` gives the k = 5000 figure.
     final_eval_defaults = {"iwae_k": 1000}
     presets = {"iwae": Preset(
-        "the IWAE bound with k = 5 (Burda et al. 2016), a 50-dimensional latent, 45 epochs (cosine)",
+        "the IWAE bound with k = 5 (Burda et al. 2016), a 50-dimensional latent, 45 epochs (cosine), samples from a "
+        "20-component mixture fitted to the training posteriors: the recipe of zoo:vae-mnist",
         "test NLL 85.87 nats (IWAE-1000, all 10,000 test images; the defaults: 91.59), 46 min on one thread "
-        "(AMD EPYC, AVX2, fp32); BENCHMARKS.md",
-        model={"train_k": 5, "latent_dim": 50}, train={"epochs": 45})}
+        "(AMD EPYC, AVX2, fp32); FID 11.6 on 10,000 samples (95.9 with z from N(0, I)); BENCHMARKS.md",
+        model={"train_k": 5, "latent_dim": 50, "prior_components": 20}, train={"epochs": 45})}
     quick_eval = {"n": 500, "iwae_k": 100}
 
     def __init__(self, cfg: VAEConfig, image_shape: tuple[int, int, int]):
