@@ -59,7 +59,10 @@ def genzoo_stage(entry: str, budget: float, args, data, log) -> dict:
     train = {"time_limit": budget, "epochs": args.epochs, "final_eval": "skip"}  # the same horizon for every entry
     cfg = (runs.resumed_config(runs.read_config(run_dir), train=train) if resume
            else runs.new_config(family, train=train, preset=preset or None))
-    summary = train_run(cfg, run_dir, resume=resume, log=log)
+    previous = run_dir / runs.SUMMARY
+    summary = storage.read_json(previous) if resume and previous.is_file() else None
+    if not (summary and (summary["finished"] or summary["train_wall_time_s"] >= 60 * budget)):
+        summary = train_run(cfg, run_dir, resume=resume, log=log)  # else trained to this budget, not yet scored
     run = runs.load_run(run_dir)
     out = {"train_minutes": summary["train_wall_time_s"] / 60, "steps": summary["steps"],
            "images_per_s": summary["images_per_s"], "parameters": summary["parameters"],
