@@ -45,7 +45,8 @@ def main() -> int:
     for k in args.components:
         cfg = dataclasses.replace(run.config, model=dataclasses.replace(run.config.model, prior_components=k))
         model = runs.build_model(cfg, data.image_shape)
-        model.load_state_dict(run.model.state_dict(), strict=False)  # the trained weights; the mixture is fitted
+        weights = {k: v for k, v in run.model.state_dict().items() if not k.startswith("prior_")}
+        model.load_state_dict(weights, strict=False)  # the trained weights; the mixture (if any) is fitted anew
         tick = time.perf_counter()
         model.fit_after_training(train_x)
         fit_s = time.perf_counter() - tick

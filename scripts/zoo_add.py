@@ -130,7 +130,8 @@ def refit_prior(name: str, components: int, args) -> int:
     cfg = dataclasses.replace(run.config, model=dataclasses.replace(run.config.model, prior_components=components))
     data = runs.run_data(cfg)
     model = runs.build_model(cfg, data.image_shape)
-    model.load_state_dict(run.model.state_dict(), strict=False)  # the shipped weights; the mixture is new
+    weights = {k: v for k, v in run.model.state_dict().items() if not k.startswith("prior_")}
+    model.load_state_dict(weights, strict=False)  # the shipped weights; the mixture is fitted anew
     model.fit_after_training(eval_tensor(model, data, "train"))
     folder = zoo.ROOT / name
     with tempfile.TemporaryDirectory(prefix="zoo-refit-") as staging:
