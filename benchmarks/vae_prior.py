@@ -7,7 +7,7 @@ full-covariance Gaussians fitted to the posterior means of every training image 
 training with it would fit at its end; ex-post density estimation, Ghosh et al. 2020), and FID/KID of --fid-n
 samples are measured against the test split in the family's reference (binary for the Bernoulli VAE: samples are
 Bernoulli draws of the decoder's means). The weights are the same in every row: only the sampling prior changes.
-Writes benchmarks/results/vae_prior.json.
+Writes benchmarks/results/vae_prior.json after each K.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def main() -> int:
         rows.append({"components": k, "fit_seconds": fit_s, "fid": q["fid"], "kid": q["kid"],
                      "kid_stderr": q.get("kid_stderr"), "reference": q.get("reference"), "n": args.fid_n})
         print(f"K = {k:>3}: FID {q['fid']:.2f}, KID {q['kid']:.2f} (fit {fit_s:.1f} s)", flush=True)
-    storage.write_json(RESULT, {"benchmark": "vae_prior", "date": datetime.date.today().isoformat(),
-                                "machine": describe_machine(), "run": args.run,
-                                "command": "python benchmarks/vae_prior.py " + " ".join(sys.argv[1:]), "rows": rows})
+        storage.write_json(RESULT, {"benchmark": "vae_prior", "date": datetime.date.today().isoformat(),
+                                    "machine": describe_machine(), "run": args.run, "rows": rows,
+                                    "command": "python benchmarks/vae_prior.py " + " ".join(sys.argv[1:])})
     print(json.dumps(rows, indent=1))
     return 0
 
