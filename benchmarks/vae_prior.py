@@ -13,7 +13,6 @@ Writes benchmarks/results/vae_prior.json after each K.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import sys
@@ -43,12 +42,8 @@ def main() -> int:
     train_x = eval_tensor(run.model, data, "train")
     rows = []
     for k in args.components:
-        cfg = dataclasses.replace(run.config, model=dataclasses.replace(run.config.model, prior_components=k))
-        model = runs.build_model(cfg, data.image_shape)
-        weights = {k: v for k, v in run.model.state_dict().items() if not k.startswith("prior_")}
-        model.load_state_dict(weights, strict=False)  # the trained weights; the mixture (if any) is fitted anew
         tick = time.perf_counter()
-        model.fit_after_training(train_x)
+        model = run.model.with_prior(k, train_x)  # the same weights; the mixture (if any) fitted anew
         fit_s = time.perf_counter() - tick
         q = sample_quality(model, data, args.fid_n)
         rows.append({"components": k, "fit_seconds": fit_s, "fid": q["fid"], "kid": q["kid"],

@@ -127,12 +127,9 @@ def refit_prior(name: str, components: int, args) -> int:
     if not hasattr(run.config.model, "prior_components"):
         print(f"zoo:{name}: a {run.config.family} model has no latent prior to fit.", file=sys.stderr)
         return 2
-    cfg = dataclasses.replace(run.config, model=dataclasses.replace(run.config.model, prior_components=components))
-    data = runs.run_data(cfg)
-    model = runs.build_model(cfg, data.image_shape)
-    weights = {k: v for k, v in run.model.state_dict().items() if not k.startswith("prior_")}
-    model.load_state_dict(weights, strict=False)  # the shipped weights; the mixture is fitted anew
-    model.fit_after_training(eval_tensor(model, data, "train"))
+    data = runs.run_data(run.config)
+    model = run.model.with_prior(components, eval_tensor(run.model, data, "train"))
+    cfg = dataclasses.replace(run.config, model=model.cfg)
     folder = zoo.ROOT / name
     with tempfile.TemporaryDirectory(prefix="zoo-refit-") as staging:
         stage = Path(staging) / name

@@ -74,3 +74,20 @@ def test_a_vae_saves_the_mixture_fitted_to_its_training_posteriors_and_samples_f
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     with torch.no_grad():
         torch.testing.assert_close(vae.sample(4, g1), vae.means(vae.decode(mixture.sample(expected, 4, g2))))
+
+
+def test_with_prior_keeps_the_weights_and_fits_or_drops_the_mixture():
+    from genzoo.models.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(latent_dim=3, hidden=16, depth=1), (1, 8, 8)).eval()
+    x = torch.bernoulli(torch.full((200, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(1))
+    fitted = vae.with_prior(4, x)
+    with torch.no_grad():
+        expected = mixture.fit(vae.encode(x)[0], 4)
+    for name, value in fitted.latent_mixture().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+    plain = fitted.with_prior(0, x)
+    assert plain.cfg.prior_components == 0 and not any(k.startswith("prior_") for k in plain.state_dict())
+    for k, v in vae.state_dict().items():
+        assert torch.equal(fitted.state_dict()[k], v) and torch.equal(plain.state_dict()[k], v), k

@@ -367,7 +367,8 @@ class Trainer:
         if mode == "auto":  # a smoke run is not kept waiting by an evaluation many times longer than its training
             mode = "full" if s.epoch >= 1 else "quick"
         quick = mode != "full"
-        if model.fit_after_training(eval_tensor(model, self.data, "train").to(self.device)):
+        if model.fits_after_training:
+            model.fit_after_training(eval_tensor(model, self.data, "train").to(self.device))
             storage.save_tensors(self.run_dir / runs.MODEL, model.state_dict())
         tick = time.perf_counter()
         draw_pictures(model, self.data, self.run_dir, self.device, quick)

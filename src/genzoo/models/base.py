@@ -121,11 +121,14 @@ class GenerativeModel(nn.Module):
         may take more keyword options: exactly those it declares in ``sample_options``."""
         raise NotImplementedError
 
-    def fit_after_training(self, x: torch.Tensor) -> bool:
-        """Fit what the family estimates from the training images once the weights are trained (``x``: every
-        training image in the family's view, on the model's device); True when something was fitted, so that the
-        trainer saves the weights again. By default nothing."""
+    @property
+    def fits_after_training(self) -> bool:
+        """Whether this model estimates something from the training images once its weights are trained
+        (``fit_after_training``); the trainer then calls it and saves the weights again. By default not."""
         return False
+
+    def fit_after_training(self, x: torch.Tensor) -> None:
+        """Fit that estimate to ``x``: every training image in the family's view, on the model's device."""
 
     @classmethod
     def for_release(cls, tensors: dict[str, torch.Tensor], model_config: dict) -> tuple[dict, dict]:

@@ -17,6 +17,7 @@ likelihoods stay those of the trained model, with its N(0, I) prior.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -193,11 +194,13 @@ class VAE(GenerativeModel):
     def latent_mixture(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"prior_{name}") for name in ("weights", "means", "scale_tril")}
 
+    @property
+    def fits_after_training(self) -> bool:
+        return self.cfg.prior_components > 0
+
     @torch.no_grad()
-    def fit_after_training(self, x: torch.Tensor) -> bool:
+    def fit_after_training(self, x: torch.Tensor) -> None:
         """Fit the sampling mixture (``prior_components``) to the posterior means of the training images x."""
-        if not self.cfg.prior_components:
-            return False
         self.eval()
         mu = torch.cat([self.encode(x[i:i + 1000].float())[0].float() for i in range(0, len(x), 1000)])
         k = min(self.cfg.prior_components, len(mu))  # fewer images than components: the others get weight 0
@@ -205,7 +208,17 @@ class VAE(GenerativeModel):
         self.prior_weights.zero_()[:k] = fitted["weights"]
         self.prior_means[:k] = fitted["means"]
         self.prior_scale_tril[:k] = fitted["scale_tril"]
-        return True
+
+    def with_prior(self, components: int, x: torch.Tensor) -> VAE:
+        """A VAE with these weights whose samples draw z from a mixture of ``components`` Gaussians fitted to the
+        posterior means of the training images x (0: from N(0, I)); its settings are ``.cfg``."""
+        model = VAE(dataclasses.replace(self.cfg, prior_components=components), self.image_shape)
+        model.to(next(self.parameters()).device)
+        model.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("prior_")},
+                              strict=False)  # the weights; any mixture of this model is not carried over
+        if model.fits_after_training:
+            model.fit_after_training(x)
+        return model.eval()
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, frames: int = 10, mode: str = "slerp") -> torch.Tensor:
