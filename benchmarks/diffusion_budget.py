@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from genzoo import runs, storage  # noqa: E402
 from genzoo.config import EvalConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
-from genzoo.devices import describe_machine  # noqa: E402
+from genzoo.devices import autocast, describe_machine, resolve_precision  # noqa: E402
 from genzoo.evaluate import draw_samples, evaluate, score_images  # noqa: E402
 from genzoo.trainer import adam, train_run  # noqa: E402
 
@@ -80,7 +80,11 @@ def genzoo_stage(entry: str, budget: float, args, data, log) -> dict:
 
 
 def diffusers_stage(budget: float, args, data, log) -> dict:
-    """diffusers' UNet2DModel + DDPMScheduler, L_simple, Adam 1e-3 with clipping, trained for the budget."""
+    """diffusers' UNet2DModel + DDPMScheduler, L_simple, Adam 1e-3 with clipping, trained for the budget.
+
+    Its forward passes use the arithmetic genzoo's runs use on this machine (``--precision auto``: bf16 autocast
+    where bf16 is native, with NCHW tensors), in training and in sampling, so equal minutes buy equal arithmetic;
+    the stage records which."""
     try:
         import diffusers
         from diffusers import DDIMScheduler
@@ -106,11 +110,14 @@ def diffusers_stage(budget: float, args, data, log) -> dict:
         runs.save_checkpoint(path, unet, None, {"model": opt}, {"data": g.get_state(), "torch": torch.get_rng_state()},
                              progress)
 
+    cpu = torch.device("cpu")
+    precision = resolve_precision("auto", cpu)
     images, saved_at = data.train.images, progress["seconds"]
     while progress["seconds"] < 60 * budget:
         tick = time.perf_counter()
         idx = torch.randint(0, len(images), (128,), generator=g)
-        loss = loss_fn(images[idx].float())
+        with autocast(precision, cpu):
+            loss = loss_fn(images[idx].float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -125,18 +132,19 @@ def diffusers_stage(budget: float, args, data, log) -> dict:
     scheduler.set_timesteps(50)
     unet.eval()
     out, start = [], time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, cpu):
         gen = torch.Generator().manual_seed(0)
         for s in range(0, args.fid_n, 500):
             x = torch.randn((min(500, args.fid_n - s), 1, 28, 28), generator=gen)
             for t in scheduler.timesteps:
-                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+                x = scheduler.step(unet(x, t).sample.float(), t, x).prev_sample
             out.append(((x + 1) / 2).clamp(0, 1))
     rate = args.fid_n / (time.perf_counter() - start)
     row = {"sampler": "ddim", "steps": 50, "seconds_per_100": 100 / rate,
            **score_images(torch.cat(out), data.name, "float", 500)}
     log(f"diffusers at {budget:g} min, ddim:50: FID {row['fid']:.2f}")
-    return {"diffusers_version": diffusers.__version__, "train_minutes": seconds / 60,
+    return {"diffusers_version": diffusers.__version__, "train_minutes": seconds / 60, "steps": progress["step"],
+            "images_per_s": 128 * progress["step"] / seconds, "precision": precision,
             "parameters": sum(p.numel() for p in unet.parameters()), "samplers": [row]}
 
 
