@@ -263,3 +263,27 @@ def test_compile_without_a_compiler_is_refused_in_one_sentence_before_training(t
     with pytest.raises(ConfigError, match=r"--compile needs a C\+\+ compiler .* train without --compile\.$"):
         train_run(tiny_vae_config(compile=True), tmp_path / "run", **QUIET)
     assert not (tmp_path / "run" / runs.CHECKPOINT).exists()
+
+
+def test_a_compiler_failure_mid_run_is_one_sentence_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """An inductor or dynamo error during a compiled step becomes one sentence that says whether a checkpoint
+    exists; a resumed run's checkpoint stays at the step it had."""
+    import torch._dynamo.exc
+
+    import genzoo.trainer as trainer
+    from genzoo.errors import ConfigError
+    from genzoo.models.vae import VAE
+
+    train_run(tiny_vae_config(max_steps=3, epochs=1, final_eval="skip"), tmp_path / "run", **QUIET)
+    monkeypatch.setattr(trainer, "compiler_missing", lambda device: None)
+    monkeypatch.setattr(trainer, "compile_networks", lambda model: ["encoder"])  # compiling is what fails below
+
+    def fails(*args, **kwargs):
+        raise torch._dynamo.exc.Unsupported("a graph break in a test")
+    monkeypatch.setattr(VAE, "train_step", fails)
+    with pytest.raises(ConfigError, match=r"^torch.compile failed \(a graph break in a test\); train without "
+                                          r"--compile \(no checkpoint was written yet\)\.$"):
+        train_run(tiny_vae_config(compile=True), tmp_path / "new", **QUIET)
+    with pytest.raises(ConfigError, match=r"\(the run's last checkpoint is unchanged\)\.$"):
+        train_run(tiny_vae_config(compile=True, epochs=2), tmp_path / "run", resume=True, **QUIET)
+    assert runs.checkpoint_step(tmp_path / "run" / runs.CHECKPOINT) == 3

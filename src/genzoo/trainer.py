@@ -298,8 +298,9 @@ class Trainer:
             if not (self.compiled and type(e).__module__.startswith(("torch._dynamo", "torch._inductor"))):
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ConfigError(f"torch.compile failed ({first[:200]}); train without --compile (the run's last "
-                              f"checkpoint is unchanged).") from None
+            kept = ("the run's last checkpoint is unchanged" if (self.run_dir / runs.CHECKPOINT).is_file()
+                    else "no checkpoint was written yet")
+            raise ConfigError(f"torch.compile failed ({first[:200]}); train without --compile ({kept}).") from None
         if self.ema is not None:
             update_ema(self.ema, self.model)
         return value
