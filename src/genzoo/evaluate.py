@@ -197,7 +197,7 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
                     per_example.setdefault("nll", []).append(-model.log_likelihood_estimate(xb, cfg.iwae_k).cpu())
                 if model.ode_likelihood and cfg.ode_nll:
                     per_example.setdefault("nll_ode", []).append(
-                        -model.ode_log_prob(xb, cfg.ode_steps, cfg.probes).cpu())
+                        -model.ode_log_prob(xb, cfg.ode_steps, cfg.probes, tol=cfg.ode_tol).cpu())
         if partial is not None:
             storage.save_tensors(partial, {k: torch.cat(v) for k, v in per_example.items()},
                                  {"fingerprint": fingerprint})
@@ -210,7 +210,7 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
         if reports_bits_per_dim(model.view):
             out[f"{key}_bits_per_dim"] = theory.nats_to_bits_per_dim(mean, dims)
     if model.kind is DensityKind.EXACT and model.nll_estimator:
-        out["nll_estimator"] = model.nll_estimator
+        out["nll_estimator"] = model.nll_estimator.format(solver=ode_solver(cfg))
     if model.kind is DensityKind.BOUND and "nll" in per_example:
         out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"
         out["iwae_k"] = cfg.iwae_k
@@ -218,13 +218,19 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
         out["neg_elbo_estimator"] = model.bound_estimator(cfg)
         out["bound_t"] = cfg.bound_t
     if "nll_ode" in per_example:
-        out["nll_ode_estimator"] = (f"probability-flow ODE, RK4 with {cfg.ode_steps} steps, "
+        out["nll_ode_estimator"] = ("probability-flow ODE, " + ode_solver(cfg) + ", "
                                     + (f"Hutchinson divergence ({cfg.probes} probe(s))" if cfg.probes else
                                        "exact divergence")
                                     + ", uniform dequantisation: an upper bound on the NLL of the 8-bit data in "
                                     "expectation (Jensen over the dequantisation noise; Hutchinson's trace is "
                                     "unbiased), up to the solver's error")
     return out
+
+
+def ode_solver(cfg: EvalConfig) -> str:
+    """The solver of an ODE likelihood, in words (its figures say which)."""
+    return (f"RK4 with {cfg.ode_steps} uniform steps" if cfg.ode_steps else
+            f"adaptive Dormand-Prince 5(4), tolerance {cfg.ode_tol:g}")
 
 
 FID_SAMPLES = 10_000  # the number of samples of a reported FID/KID unless asked otherwise (stated with every figure)

@@ -63,7 +63,8 @@ class GenerativeModel(nn.Module):
     players: ClassVar[tuple[str, ...]] = ("model",)  # parameter sets, each with its own optimizer
     optimizer_options: ClassVar[dict] = {}  # extra Adam arguments (e.g. the GAN's betas)
     ddp_broadcast_buffers: ClassVar[bool] = True  # DDP copies rank 0's buffers (e.g. batch-norm statistics) to all
-    nll_estimator: ClassVar[str] = ""  # how an exact family's reported NLL is estimated, when it is not plain
+    # how an exact family's reported NLL is estimated, when it is not plain ({solver}: an ODE's solver, in words)
+    nll_estimator: ClassVar[str] = ""
     views_offered: ClassVar[str] = ""  # for `genzoo list` when the view depends on the configuration
     takes_points: ClassVar[bool] = False  # True for the families that also train on 2-D toy data (view "points")
     points_defaults: ClassVar[dict] = {}  # {"model": {...}, "train": {...}}: the defaults on 2-D toy data

@@ -104,8 +104,8 @@ class Flow(GenerativeModel):
     eval_defaults = {"n": 500}
     final_eval_defaults = {"n": 100}
     quick_eval = {"n": 8, "ode_steps": 8}
-    nll_estimator = ("probability-flow ODE (RK4) with uniform dequantisation, one draw per image: an upper bound "
-                     "on the NLL of the 8-bit data, up to the solver's error")
+    nll_estimator = ("probability-flow ODE ({solver}) with uniform dequantisation, one draw per image: an upper "
+                     "bound on the NLL of the 8-bit data, up to the solver's error")
 
     def __init__(self, cfg: FlowConfig, image_shape: tuple[int, int, int]):
         super().__init__(cfg, image_shape)
@@ -130,17 +130,18 @@ class Flow(GenerativeModel):
 
     # --- the exact likelihood ------------------------------------------------------------------------
     def likelihood_options(self, cfg) -> dict:
-        return {"steps": cfg.ode_steps, "probes": cfg.probes}
+        return {"steps": cfg.ode_steps, "probes": cfg.probes, "tol": cfg.ode_tol}
 
-    def log_prob(self, x: torch.Tensor, steps: int = 50, probes: int = 1,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, steps: int = 0, probes: int = 1,
+                 generator: torch.Generator | None = None, tol: float = 1e-5) -> torch.Tensor:
         """A one-draw estimate of the dequantisation bound on log P(x) of 8-bit images [N x C x H x W], in nats."""
         self.check_discrete(x, 256, "the flow")
 
         def prior(z):
             return theory.sum_except_batch(theory.standard_normal_log_prob(z))
         return dequantised_log_prob(
-            lambda x0: theory.ode_log_likelihood(self.model_fn(), x0, prior, steps, probes, generator), x, generator)
+            lambda x0: theory.ode_log_likelihood(self.model_fn(), x0, prior, steps, probes, generator, tol), x,
+            generator)
 
     # --- sampling --------------------------------------------------------------------------------------
     @torch.no_grad()
