@@ -73,10 +73,29 @@ def genzoo_stage(entry: str, budget: float, args, data, log) -> dict:
         row = score_samples(run.model, data, args.fid_n, parse_sampler(text))
         log(f"{entry} at {budget:g} min, {text}: FID {row['fid']:.2f}, {row['seconds_per_100']:.1f} s per 100")
         out["samplers"].append(row)
-    ev = evaluate(run.model, data, EvalConfig(n=args.nll_n, ode_steps=args.ode_steps, bound_t=args.bound_t),
-                  torch.device("cpu"), progress=False, partial=run_dir / f"nll-{budget:g}.partial.safetensors")
-    out["nll"] = {k: v for k, v in ev.items() if "bits_per_dim" in k or k.endswith("estimator") or k == "n_examples"}
+    out["nll"] = score_nll(run, run_dir, budget, args, data)
     return out
+
+
+def score_nll(run, run_dir: Path, budget: float, args, data) -> dict:
+    """The NLL figures of a stage: on the first --nll-n test images, the bound and/or the ODE NLL."""
+    ev = evaluate(run.model, data, EvalConfig(n=args.nll_n, ode_steps=args.ode_steps, ode_tol=args.ode_tol,
+                                              bound_t=args.bound_t),
+                  torch.device("cpu"), progress=False, partial=run_dir / f"nll-{budget:g}.partial.safetensors")
+    return {k: v for k, v in ev.items() if "bits_per_dim" in k or k.endswith("estimator") or k == "n_examples"}
+
+
+def rescore_nll(entry: str, budget: float, stage: dict, args, data, log) -> dict:
+    """A scored stage's NLL measured again with this command's solver settings (the earlier figures kept under
+    "nll_before"): only for the stage whose weights the run folder holds, its last."""
+    run_dir = HERE / "results" / f"diffusion_budget{args.tag}" / entry.replace(":", "-")
+    summary = storage.read_json(run_dir / runs.SUMMARY)
+    if abs(summary["train_wall_time_s"] / 60 - stage["train_minutes"]) > 0.01:
+        raise SystemExit(f"{run_dir} holds the weights of {summary['train_wall_time_s'] / 60:.1f} minutes, not of "
+                         f"the {entry}@{budget:g} stage: its NLL cannot be measured again.")
+    nll = score_nll(runs.load_run(run_dir), run_dir, budget, args, data)
+    log(f"{entry} at {budget:g} min, NLL again: {nll}")
+    return {**stage, "nll": nll, "nll_before": stage["nll"]}
 
 
 def diffusers_stage(budget: float, args, data, log) -> dict:
@@ -160,13 +179,17 @@ def main() -> int:
                         "core, 10 with AVX-512-BF16, where an epoch of the U-Net takes 6 minutes)")
     p.add_argument("--fid-n", type=int, default=10_000)
     p.add_argument("--nll-n", type=int, default=1000)
-    p.add_argument("--ode-steps", type=int, default=50)
+    p.add_argument("--ode-steps", type=int, default=0, help="0 = the adaptive solver to --ode-tol; N = N uniform RK4 steps")
+    p.add_argument("--ode-tol", type=float, default=1e-5)
     p.add_argument("--bound-t", type=int, default=0,
                    help="DDPM: the bound from K stratified steps per image (genzoo eval --bound-t; 0 = all T)")
     p.add_argument("--samplers", nargs="+", default=None,
                    help="NAME:STEPS, each used by the families that have the sampler; default: a set per family")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--tag", default="")
+    p.add_argument("--rescore-nll", action="store_true",
+                   help="measure the NLL of the families' scored stages again (e.g. with another ODE solver); "
+                        "only a run's last stage still has its weights")
     args = p.parse_args()
     args.tag = f"-{args.tag}" if args.tag else ""
     if args.threads:
@@ -180,14 +203,19 @@ def main() -> int:
     for family in args.families:  # a family's budgets in turn: at most one unfinished run to carry between machines
         for budget in sorted(args.budgets):
             key = f"{family}@{budget:g}"
-            if key in stages:
+            if key in stages and args.rescore_nll and family != "diffusers":
+                stage = rescore_nll(family, budget, stages[key], args, data, print)
+            elif key in stages:
                 continue
-            stage = (diffusers_stage(budget, args, data, print) if family == "diffusers"
-                     else genzoo_stage(family, budget, args, data, print))
-            # stages of other families may run at once in other processes: merge with what they wrote
+            else:
+                stage = (diffusers_stage(budget, args, data, print) if family == "diffusers"
+                         else genzoo_stage(family, budget, args, data, print))
+                stage = {**stage, "machine": describe_machine(), "date": datetime.date.today().isoformat()}
+            # other processes may have written stages of other families meanwhile: write only this stage over
+            # what the file holds now
             if path.is_file():
-                stages.update({k: v for k, v in storage.read_json(path).get("stages", {}).items() if k not in stages})
-            stages[key] = {**stage, "machine": describe_machine(), "date": datetime.date.today().isoformat()}
+                stages.update(storage.read_json(path).get("stages", {}))
+            stages[key] = stage
             storage.write_json(path, result)
     for key, stage in stages.items():
         best = min((r["fid"] for r in stage.get("samplers", [])), default=None)

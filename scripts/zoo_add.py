@@ -14,7 +14,8 @@ drawn again from the packed weights at full quality (a long run trained with --f
 
 only redraws the pictures of zoo model NAME (after a family gained a picture) and rewrites its index entry.
 
-    python scripts/zoo_add.py --rescore NAME [--eval-n 0] [--bound-t 50] [--ode-nll false] [--partial PATH]
+    python scripts/zoo_add.py --rescore NAME [--eval-n 0] [--bound-t 50] [--ode-nll false] [--ode-tol 1e-4]
+        [--partial PATH]
 
 measures the likelihood of the shipped model NAME again (e.g. on all 10,000 test images where the card had 200):
 the card's likelihood figures of the same name and unit are replaced, the others (FID, KID, an ODE NLL not
@@ -69,7 +70,8 @@ def likelihood_figures(ev: dict) -> list[dict]:
 def eval_config(run: runs.Run, args) -> EvalConfig:
     """The likelihood settings of ``args`` over the family's evaluation defaults."""
     return EvalConfig(**{**type(run.model).eval_defaults, "n": args.eval_n, "iwae_k": args.iwae_k,
-                         "ode_steps": args.ode_steps, "bound_t": args.bound_t, "ode_nll": args.ode_nll})
+                         "ode_steps": args.ode_steps, "ode_tol": args.ode_tol, "bound_t": args.bound_t,
+                         "ode_nll": args.ode_nll})
 
 
 def score(run: runs.Run, args, card: dict, likelihood: bool = True) -> dict[str, dict]:
@@ -171,7 +173,8 @@ def main() -> int:
     p.add_argument("--command", help="the command that trained the run (resumes included)")
     p.add_argument("--eval-n", type=int, default=0, help="test images of the likelihood (0 = all)")
     p.add_argument("--iwae-k", type=int, default=1000)
-    p.add_argument("--ode-steps", type=int, default=50)
+    p.add_argument("--ode-steps", type=int, default=0, help="0 = the adaptive solver to --ode-tol; N = N uniform RK4 steps")
+    p.add_argument("--ode-tol", type=float, default=1e-5)
     p.add_argument("--bound-t", type=int, default=0,
                    help="DDPM: the bound from K stratified steps per image (0 = all T)")
     p.add_argument("--ode-nll", type=parse_bool, default=True,
