@@ -384,7 +384,8 @@ class Trainer:
         else:
             ecfg = self.cfg.eval
             if mode == "quick":
-                cap = {k: min(v, getattr(ecfg, k) or v) for k, v in model.quick_eval.items()}
+                cap = {k: (max if k.endswith("_tol") else min)(v, getattr(ecfg, k) or v)  # the cheaper of the two
+                       for k, v in model.quick_eval.items()}
                 ecfg = dataclasses.replace(ecfg, **cap)
                 self.log(f"a short run: quick final evaluation ({', '.join(f'{k}={v}' for k, v in cap.items())}); "
                          f"`genzoo eval {self.run_dir}` gives the full one")

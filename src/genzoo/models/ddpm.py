@@ -304,7 +304,8 @@ class GaussianDiffusion(torch.nn.Module):
 
     # --- the likelihood through the probability-flow ODE -----------------------------------------------------
     def ode_log_likelihood(self, model_fn: ModelFn, x0: torch.Tensor, steps: int = 0, probes: int = 1,
-                           generator: torch.Generator | None = None, tol: float = 1e-5) -> torch.Tensor:
+                           generator: torch.Generator | None = None, tol: float = 1e-5,
+                           evaluations: list | None = None) -> torch.Tensor:
         """log p(x0) [N] of data x0 in model space through the probability-flow ODE (Song et al. 2021b). In
         x~ = x_t / sqrt(alpha_bar) the ODE runs from sigma_min (the first timestep), where x~ is taken to be the
         data, to sigma_max, where x~ ~ N(0, (1 + sigma_max^2) I); in s = log(sigma / sigma_min) / log(sigma_max /
@@ -323,7 +324,7 @@ class GaussianDiffusion(torch.nn.Module):
         def prior(z):
             return theory.sum_except_batch(-0.5 * z ** 2 / var - 0.5 * math.log(2 * math.pi * var))
 
-        return theory.ode_log_likelihood(velocity, x0, prior, steps, probes, generator, tol)
+        return theory.ode_log_likelihood(velocity, x0, prior, steps, probes, generator, tol, evaluations)
 
     # --- the variational bound ---------------------------------------------------------------------
     @torch.no_grad()
@@ -456,14 +457,14 @@ class DDPM(GenerativeModel):
         return f"the KL sum from {k} stratified steps per image (unbiased; its noise is inside the standard error)" \
             if k else ""
 
-    def ode_log_prob(self, x: torch.Tensor, steps: int = 0, probes: int = 1,
-                     generator: torch.Generator | None = None, tol: float = 1e-5) -> torch.Tensor:
+    def ode_log_prob(self, x: torch.Tensor, steps: int = 0, probes: int = 1, generator: torch.Generator | None = None,
+                     tol: float = 1e-5, evaluations: list | None = None) -> torch.Tensor:
         """log P(x) of 8-bit images [N x C x H x W] (nats) through the probability-flow ODE, dequantised as a flow
         is: log P(x) >= E_u[log p(2 (x + u) / 256 - 1)] + D log 2 - D log 256."""
         self.check_discrete(x, 256, "the probability-flow ODE")
         return dequantised_log_prob(
-            lambda x0: self.diffusion.ode_log_likelihood(self.model_fn(), x0, steps, probes, generator, tol), x,
-            generator)
+            lambda x0: self.diffusion.ode_log_likelihood(self.model_fn(), x0, steps, probes, generator, tol,
+                                                         evaluations), x, generator)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str = "ddim",
