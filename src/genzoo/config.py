@@ -113,6 +113,10 @@ class EvalConfig:
     probes: int = option(1, "flows by ODE: Hutchinson probes per evaluation of the divergence (0 = exact: one "
                             "backward pass per dimension, for small inputs)", min=0)
 
+    def ode_options(self) -> dict:
+        """The keyword options of an ODE likelihood (the flow's log_prob, the DDPM's ode_log_prob)."""
+        return {"steps": self.ode_steps, "probes": self.probes, "tol": self.ode_tol}
+
 
 def validate(cfg: Any, prefix: str = "--") -> Any:
     """Check every field of a config dataclass against its metadata; raise ConfigError on the first problem.

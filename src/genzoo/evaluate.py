@@ -197,7 +197,7 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
                     per_example.setdefault("nll", []).append(-model.log_likelihood_estimate(xb, cfg.iwae_k).cpu())
                 if model.ode_likelihood and cfg.ode_nll:
                     per_example.setdefault("nll_ode", []).append(
-                        -model.ode_log_prob(xb, cfg.ode_steps, cfg.probes, tol=cfg.ode_tol).cpu())
+                        -model.ode_log_prob(xb, **cfg.ode_options()).cpu())
         if partial is not None:
             storage.save_tensors(partial, {k: torch.cat(v) for k, v in per_example.items()},
                                  {"fingerprint": fingerprint})

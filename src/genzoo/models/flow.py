@@ -130,7 +130,7 @@ class Flow(GenerativeModel):
 
     # --- the exact likelihood ------------------------------------------------------------------------
     def likelihood_options(self, cfg) -> dict:
-        return {"steps": cfg.ode_steps, "probes": cfg.probes, "tol": cfg.ode_tol}
+        return cfg.ode_options()
 
     def log_prob(self, x: torch.Tensor, steps: int = 0, probes: int = 1, generator: torch.Generator | None = None,
                  tol: float = 1e-5, evaluations: list | None = None) -> torch.Tensor:
