@@ -29,7 +29,7 @@ from diffusion_budget import parse_sampler  # noqa: E402
 from genzoo import runs  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
 from genzoo.devices import (autocast, bf16_supported, channels_last_for, describe_machine,  # noqa: E402
-                            set_channels_last)
+                            keep_freed_memory, set_channels_last)
 from genzoo.evaluate import EVAL_SEED, sample_quality  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "sampling_speed.json"
@@ -84,6 +84,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as every genzoo command runs
     precisions = args.precisions or (["fp32", "bf16"] if bf16_supported(CPU) else ["fp32"])
     old = json.loads(RESULT.read_text()) if args.merge and RESULT.is_file() else {"entries": []}
     entries = {(e["model"], e["sampler"], e["steps"], e["precision"]): e for e in old["entries"]}

@@ -29,7 +29,7 @@ from genzoo import runs, storage
 from genzoo.data import load_dataset
 from genzoo.data.views import get_view
 from genzoo.devices import (autocast, bf16_supported, channels_last_for, compile_networks, describe_machine,
-                            set_channels_last)
+                            keep_freed_memory, set_channels_last)
 from genzoo.models import FAMILIES
 from genzoo.trainer import adam
 
@@ -116,6 +116,7 @@ def main() -> int:
     result_path = RESULT.with_name(f"throughput-{args.tag}.json") if args.tag else RESULT
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as every genzoo command runs
     native = bf16_supported(torch.device("cpu"))
     precisions = args.precisions or (["fp32", "bf16"] if native else ["fp32"])
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}

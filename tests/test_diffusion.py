@@ -5,13 +5,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genzoo import theory
 from genzoo.checks import gaussian_data_denoiser
 from genzoo.errors import ConfigError
 from genzoo.models.ddpm import (DDPM, DDPMConfig, GaussianDiffusion, beta_schedule, stratum_edges,
                                 timestep_subsequence)
-from genzoo.nets.unet import UNet
+from genzoo.nets.unet import UNet, Upsample, upsampling_kernel
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +304,28 @@ def test_unet_shapes_and_conditioning():
         assert not torch.allclose(net(x, t, torch.tensor([1, 2, 3])), out)
         assert torch.allclose(net(x, t, torch.full((3,), 10)), out)  # no label = the "null" class
         assert not torch.allclose(net(x, torch.tensor([1, 1, 1])), out)
+
+
+def test_the_upsampling_convolution_is_one_transposed_convolution_of_the_same_weights():
+    """Upsample computes conv3x3(nearest x2 (x)) as a stride-2 transposed convolution of the folded kernel: the
+    same function and the same gradients, at every size (borders included) and in both layouts."""
+    torch.manual_seed(0)
+    up = Upsample(6)
+    for shape, channels_last in (((2, 6, 5, 7), False), ((1, 6, 1, 1), False), ((3, 6, 4, 4), True)):
+        x = torch.randn(*shape, requires_grad=True)
+        if channels_last:
+            up.to(memory_format=torch.channels_last)
+        reference = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        out = up(x)
+        assert out.shape == reference.shape == (shape[0], 6, 2 * shape[2], 2 * shape[3])
+        assert torch.allclose(out, reference, atol=1e-5), (out - reference).abs().max()
+        g_out = torch.autograd.grad(out.square().sum(), [x, up.conv.weight, up.conv.bias])
+        g_ref = torch.autograd.grad(reference.square().sum(), [x, up.conv.weight, up.conv.bias])
+        for a, b in zip(g_out, g_ref):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 1, 1] = 1.0  # the centre tap alone: the conv is the identity and the whole is plain upsampling
+    assert torch.equal(upsampling_kernel(w)[0, 0], torch.tensor([[0., 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]))
 
 
 def test_ddpm_family_end_to_end_pieces():

@@ -22,8 +22,8 @@ from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.cifar import ARCHIVE_DATASETS
 from genzoo.data.datasets import DATASETS, is_folder_name, locate, locate_archive, search_dirs
-from genzoo.devices import (DEVICES, PRECISIONS, autocast, channels_last_for, pick_device, resolve_precision,
-                            set_channels_last)
+from genzoo.devices import (DEVICES, PRECISIONS, autocast, channels_last_for, keep_freed_memory, pick_device,
+                            resolve_precision, set_channels_last)
 from genzoo.features import FEATURE_DATASETS
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models import FAMILIES, get_family
@@ -549,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv
+    keep_freed_memory()  # every command's forward passes reuse their activations' memory (devices.py)
     try:
         return COMMANDS[args.command](args)
     except GenzooError as e:

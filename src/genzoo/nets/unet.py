@@ -152,10 +152,31 @@ class UNet(nn.Module):
         return self.out(h)[:, :, :height, :width]
 
 
+def upsampling_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The kernel of one stride-2 transposed convolution (padding 1) equal to nearest-neighbour upsampling by 2
+    followed by the 3x3 convolution ``weight`` [C_out x C_in x 3 x 3] (padding 1): [C_in x C_out x 4 x 4].
+
+    Along each axis the upsampled image repeats every input twice, so output 2i sees inputs i-1 and i through the
+    taps (w0, w1 + w2) and output 2i+1 sees inputs i and i+1 through (w0 + w1, w2) -- the 4 taps
+    (w0, w0 + w1, w1 + w2, w2) at stride 2. The same function in 4/9 of the multiplications, without the
+    upsampled image in memory (the resize-convolution of Odena et al. 2016 as a sub-pixel convolution)."""
+    def fold(w: torch.Tensor, axis: int) -> torch.Tensor:
+        w0, w1, w2 = w.unbind(axis)
+        return torch.stack([w0, w0 + w1, w1 + w2, w2], axis)
+
+    folded = fold(fold(weight, -2), -1)  # [C_out x C_in x 4 x 4], correlation taps
+    return folded.flip(-2, -1).transpose(0, 1)  # a transposed convolution's weight: [C_in x C_out], flipped
+
+
 class Upsample(nn.Module):
+    """Nearest-neighbour upsampling by 2, then (``with_conv``) a 3x3 convolution -- computed as one transposed
+    convolution of the same 3x3 weights (``upsampling_kernel``)."""
+
     def __init__(self, channels: int, with_conv: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if isinstance(self.conv, nn.Identity):
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.conv_transpose2d(x, upsampling_kernel(self.conv.weight), self.conv.bias, stride=2, padding=1)
