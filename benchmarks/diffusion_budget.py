@@ -85,14 +85,15 @@ def score_nll(run, run_dir: Path, budget: float, args, data) -> dict:
     return {k: v for k, v in ev.items() if "bits_per_dim" in k or k.endswith("estimator") or k == "n_examples"}
 
 
-def rescore_nll(entry: str, budget: float, stage: dict, args, data, log) -> dict:
+def rescore_nll(entry: str, budget: float, stage: dict, args, data, log) -> dict | None:
     """A scored stage's NLL measured again with this command's solver settings (the earlier figures kept under
-    "nll_before"): only for the stage whose weights the run folder holds, its last."""
+    "nll_before"): only for the stage whose weights the run folder holds, its last; None (said) for the others."""
     run_dir = HERE / "results" / f"diffusion_budget{args.tag}" / entry.replace(":", "-")
     summary = storage.read_json(run_dir / runs.SUMMARY)
     if abs(summary["train_wall_time_s"] / 60 - stage["train_minutes"]) > 0.01:
-        raise SystemExit(f"{run_dir} holds the weights of {summary['train_wall_time_s'] / 60:.1f} minutes, not of "
-                         f"the {entry}@{budget:g} stage: its NLL cannot be measured again.")
+        log(f"{entry}@{budget:g}: skipped, {run_dir} holds the weights of {summary['train_wall_time_s'] / 60:.1f} "
+            f"minutes, not of this stage, so its NLL cannot be measured again.")
+        return None
     nll = score_nll(runs.load_run(run_dir), run_dir, budget, args, data)
     log(f"{entry} at {budget:g} min, NLL again: {nll}")
     return {**stage, "nll": nll, "nll_before": stage["nll"]}
@@ -189,7 +190,7 @@ def main() -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--rescore-nll", action="store_true",
                    help="measure the NLL of the families' scored stages again (e.g. with another ODE solver); "
-                        "only a run's last stage still has its weights")
+                        "only a run's last stage still has its weights (the others are skipped, said)")
     args = p.parse_args()
     args.tag = f"-{args.tag}" if args.tag else ""
     if args.threads:
@@ -205,6 +206,8 @@ def main() -> int:
             key = f"{family}@{budget:g}"
             if key in stages and args.rescore_nll and family != "diffusers":
                 stage = rescore_nll(family, budget, stages[key], args, data, print)
+                if stage is None:
+                    continue
             elif key in stages:
                 continue
             else:
