@@ -107,6 +107,24 @@ def test_the_loss_draws_its_noise_from_the_generator_given():
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG was not touched
 
 
+@pytest.mark.parametrize("dequantise", [False, True])
+def test_the_training_data_is_the_data_the_bound_evaluates_when_dequantised(dequantise, monkeypatch):
+    """--dequantise true trains on 2 (x + u) / 256 - 1, u ~ U[0, 1): every point inside its pixel's bin of the
+    likelihood's dequantisation (dequantised_log_prob), spread over the bin; off, the grey levels x / 127.5 - 1."""
+    model = Flow(FlowConfig(channels=8, dequantise=dequantise), (1, 28, 28))
+    x = torch.randint(0, 256, (8, 1, 28, 28)).float()
+    seen = []
+    monkeypatch.setattr(LinearFlow, "training_loss", lambda self, fn, x0, **kw: seen.append(x0) or x0.mean((1, 2, 3)))
+    model.loss(x, generator=torch.Generator().manual_seed(0))
+    x0 = seen[0]
+    if not dequantise:
+        assert torch.equal(x0, x / 127.5 - 1.0)
+        return
+    position = (x0 + 1.0) / 2.0 * 256.0 - x  # where in its bin [x, x + 1) each training value fell
+    assert position.min() >= 0.0 and position.max() < 1.0
+    assert abs(position.mean().item() - 0.5) < 0.01 and abs(position.var().item() - 1 / 12) < 0.005  # uniform
+
+
 def test_the_family_scores_8_bit_images_and_samples_with_its_own_options():
     torch.manual_seed(0)
     model = Flow(FlowConfig(channels=8), (1, 28, 28)).eval()

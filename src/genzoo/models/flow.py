@@ -25,6 +25,7 @@ import torch
 
 from genzoo import theory
 from genzoo.config import option
+from genzoo.data.views import dequantize
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel, Preset, interpolation_pairs
 from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
@@ -81,6 +82,9 @@ class LinearFlow:
 class FlowConfig(DenoiserConfig):
     time_sampling: str = option("uniform", "law of the training times on the path (logit-normal: Esser et al. 2024)",
                                 choices=TIME_SAMPLING)
+    dequantise: bool = option(False, "train on uniformly dequantised images, (x + u) / 256 mapped to [-1, 1]: the "
+                              "continuous data whose density the likelihood bound evaluates (off: the 256 grey "
+                              "levels themselves, x / 127.5 - 1)")
 
 
 class Flow(GenerativeModel):
@@ -122,8 +126,8 @@ class Flow(GenerativeModel):
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
         y = drop_labels(self.cfg, y, generator)
-        return self.process.training_loss(guided(self.net, y, 1.0, TIME_SCALE), self.to_model_space(x),
-                                          generator=generator)
+        x0 = 2.0 * dequantize(x, generator) - 1.0 if self.cfg.dequantise else self.to_model_space(x)
+        return self.process.training_loss(guided(self.net, y, 1.0, TIME_SCALE), x0, generator=generator)
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {"mse": self.process.training_loss(self.model_fn(), self.to_model_space(x))}
