@@ -85,12 +85,18 @@ def to_image(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def dequantised_model_space(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8-view values 0..255 -> 2 x' - 1 in [-1, 1) with x' = (x + u) / 256, u ~ U[0, 1): the continuous data
+    whose density the dequantisation bound evaluates (and a flow trained with --dequantise sees)."""
+    return 2.0 * dequantize(x, generator) - 1.0
+
+
 def dequantised_log_prob(log_p, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A one-draw estimate of the bound on log P(x) of 8-bit images x [N x C x H x W] given a continuous density
     log_p on [-1, 1]-scaled data: with x' = (x + u) / 256 mapped to 2 x' - 1,
         log P(x) >= E_u[log p(2 x' - 1)] + D log 2 - D log 256                 (Theis et al. 2016)."""
     d = x[0].numel()
-    return log_p(2.0 * dequantize(x, generator) - 1.0) + d * math.log(2.0) - d * math.log(256.0)
+    return log_p(dequantised_model_space(x, generator)) + d * math.log(2.0) - d * math.log(256.0)
 
 
 def check_labels(cfg: DenoiserConfig, y: torch.Tensor | None) -> None:

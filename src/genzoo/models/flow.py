@@ -13,7 +13,8 @@ ode_log_likelihood``), exact up to the solver's error and, with Hutchinson's est
 
 Data: the 8-bit ``uint8`` view, dequantised, x' = (x + u) / 256, and mapped to [-1, 1] by 2 x' - 1, so that
     log P(x) >= E_u[log p(2 x' - 1)] + D log 2 - D log 256      (as RealNVP's bound, Theis et al. 2016)
-and the bits per dimension reported are an upper bound on those of the discrete data.
+and the bits per dimension reported are an upper bound on those of the discrete data. Training sees these
+dequantised points with ``--dequantise true``, the 256 grey levels x / 127.5 - 1 otherwise (the default).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ import torch
 
 from genzoo import theory
 from genzoo.config import option
-from genzoo.data.views import dequantize
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel, Preset, interpolation_pairs
 from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
-                                     dequantised_log_prob, drop_labels, guided, noise_path, to_image,
-                                     to_model_space)
+                                     dequantised_log_prob, dequantised_model_space, drop_labels, guided,
+                                     noise_path, to_image, to_model_space)
 from genzoo.options import GUIDANCE, LABEL
 from genzoo.samplers import FLOW_SAMPLERS, STEPS, flow_invert, get_sampler, sampler_choice
 
@@ -126,7 +126,7 @@ class Flow(GenerativeModel):
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
         y = drop_labels(self.cfg, y, generator)
-        x0 = 2.0 * dequantize(x, generator) - 1.0 if self.cfg.dequantise else self.to_model_space(x)
+        x0 = dequantised_model_space(x, generator) if self.cfg.dequantise else self.to_model_space(x)
         return self.process.training_loss(guided(self.net, y, 1.0, TIME_SCALE), x0, generator=generator)
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
