@@ -143,7 +143,7 @@ def test_a_class_conditional_model_is_scored_on_every_class_in_turn(mnist):
     cond = Flow(FlowConfig(channels=8, channel_mult="1,2", class_cond=True, num_classes=3), (1, 28, 28))
     assert cond.scoring_labels(7, torch.device("cpu")).tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert Flow(FlowConfig(channels=8, channel_mult="1,2"), (1, 28, 28)).scoring_labels(7, torch.device("cpu")) is None
-    from genzoo.models.denoising import balanced_labels
+    from genzoo.models.labels import balanced_labels
     ten = FlowConfig(class_cond=True)  # the ten digits
     balanced = sample_quality(ClassReplayModel(mnist, lambda n, device: balanced_labels(ten, n, device)), mnist, n=1000)
     assert balanced["labels"] == "the 10 classes in turn" and "y" not in balanced["sampler"]

@@ -24,9 +24,9 @@ from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel, Preset, interpolation_pairs
-from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
-                                     dequantised_log_prob, drop_labels, guided, noise_path, to_image,
+from genzoo.models.denoising import (DenoiserConfig, build_unet, dequantised_log_prob, guided, noise_path, to_image,
                                      to_model_space)
+from genzoo.models.labels import balanced_labels, check_labels, class_rows, drop_labels
 from genzoo.options import GUIDANCE, LABEL
 from genzoo.samplers import CLIP, DIFFUSION_SAMPLERS, ETA, SPACING, STEPS, get_sampler, sampler_choice
 

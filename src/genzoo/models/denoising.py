@@ -1,6 +1,6 @@
-"""What the two families built on the U-Net share (DDPM and flow matching): the network's settings, the label
-dropout that trains classifier-free guidance, the guided model function (Ho & Salimans 2022), and the path
-between two images through their noise."""
+"""What the two families built on the U-Net share (DDPM and flow matching): the network's settings (with the
+class labels of ``models.labels``), the guided model function (Ho & Salimans 2022), the data's [-1, 1] space and
+its dequantisation, and the path between two images through their noise."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from genzoo import theory
 from genzoo.config import option
 from genzoo.data.views import dequantize
+from genzoo.models.labels import LabelConfig, classifier_free
 from genzoo.nets.unet import UNet
 
 def _check_channel_mult(value: str) -> str | None:
@@ -25,7 +26,7 @@ def _check_channel_mult(value: str) -> str | None:
 
 
 @dataclass
-class DenoiserConfig:
+class DenoiserConfig(LabelConfig):
     # The default U-Net is narrow at full resolution and wide at 7x7, where compute is cheap, with widths that are
     # multiples of 16 (vector lanes): 1.11M parameters, faster to train than the usual 32/(1,2,2) layout of the
     # same size on a CPU (measured in BENCHMARKS.md).
@@ -35,11 +36,6 @@ class DenoiserConfig:
     attention: bool = option(True, "self-attention at the lowest resolution")
     resample_conv: bool = option(True, "a 3x3 convolution in each down- and upsampling step")
     dropout: float = option(0.0, "dropout in the residual blocks", min=0.0, lt=1.0)
-    class_cond: bool = option(False, "condition on the class label (classifier-free guidance)")
-    p_uncond: float = option(0.1, "probability of dropping the label in training (with --class-cond)", min=0.0, max=1.0)
-    # labels are 0..num_classes-1, and num_classes itself means "no label" (the unconditional model)
-    num_classes: int = option(10, "classes of the data set's labels, recorded when the run is made", min=1,
-                              flag=False)
 
 
 def build_unet(cfg: DenoiserConfig, image_shape: tuple[int, int, int]) -> UNet:
@@ -47,15 +43,6 @@ def build_unet(cfg: DenoiserConfig, image_shape: tuple[int, int, int]) -> UNet:
                 channel_mult=tuple(int(v) for v in cfg.channel_mult.split(",")), num_res_blocks=cfg.res_blocks,
                 attention=cfg.attention, dropout=cfg.dropout, num_classes=cfg.num_classes if cfg.class_cond else 0,
                 resample_conv=cfg.resample_conv)
-
-
-def drop_labels(cfg: DenoiserConfig, y: torch.Tensor | None, generator: torch.Generator | None = None):
-    """The training labels: None for an unconditional model; otherwise each label replaced by 'no label' with
-    probability p_uncond, so that one network learns both the conditional and the unconditional model."""
-    if not cfg.class_cond or y is None:
-        return None
-    drop = torch.rand(y.shape, device=y.device, generator=generator) < cfg.p_uncond
-    return torch.where(drop, torch.full_like(y, cfg.num_classes), y)
 
 
 def guided(net, y: torch.Tensor | None, guidance: float, time_scale: float = 1.0):
@@ -71,7 +58,7 @@ def guided(net, y: torch.Tensor | None, guidance: float, time_scale: float = 1.0
     def fn(xt, t):
         both = net(torch.cat([xt, xt]), scaled(torch.cat([t, t])), torch.cat([torch.full_like(y, net.num_classes), y]))
         uncond, cond = both.chunk(2)
-        return uncond + guidance * (cond - uncond)
+        return classifier_free(uncond, cond, guidance)
     return fn
 
 
@@ -97,30 +84,6 @@ def dequantised_log_prob(log_p, x: torch.Tensor, generator: torch.Generator | No
         log P(x) >= E_u[log p(2 x' - 1)] + D log 2 - D log 256                 (Theis et al. 2016)."""
     d = x[0].numel()
     return log_p(dequantised_model_space(x, generator)) + d * math.log(2.0) - d * math.log(256.0)
-
-
-def check_labels(cfg: DenoiserConfig, y: torch.Tensor | None) -> None:
-    from genzoo.errors import ConfigError
-    if y is not None and not cfg.class_cond:
-        raise ConfigError("this run was not trained with --class-cond, so it cannot sample a chosen class.")
-    if y is not None and not (0 <= int(y.min()) and int(y.max()) < cfg.num_classes):
-        raise ConfigError(f"--class must be between 0 and {cfg.num_classes - 1}.")
-
-
-def class_rows(cfg: DenoiserConfig, device: torch.device) -> torch.Tensor | None:
-    """The labels of a 10 x 10 picture of a class-conditional run: a class per row (the first ten classes, or the
-    classes in turn when there are fewer); None for an unconditional run."""
-    if not cfg.class_cond:
-        return None
-    return torch.arange(10, device=device).repeat_interleave(10) % cfg.num_classes
-
-
-def balanced_labels(cfg: DenoiserConfig, n: int, device: torch.device) -> torch.Tensor | None:
-    """Labels for scoring n samples of a class-conditional run: every class in turn, as evenly as n allows (the
-    classes of the test split are near balanced in every data set genzoo ships); None for an unconditional run."""
-    if not cfg.class_cond:
-        return None
-    return torch.arange(n, device=device) % cfg.num_classes
 
 
 def noise_path(z1: torch.Tensor, z2: torch.Tensor, frames: int) -> torch.Tensor:

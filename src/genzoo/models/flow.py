@@ -28,9 +28,9 @@ from genzoo import theory
 from genzoo.config import option
 from genzoo.errors import ConfigError
 from genzoo.models.base import DensityKind, GenerativeModel, Preset, interpolation_pairs
-from genzoo.models.denoising import (DenoiserConfig, balanced_labels, build_unet, check_labels, class_rows,
-                                     dequantised_log_prob, dequantised_model_space, drop_labels, guided,
+from genzoo.models.denoising import (DenoiserConfig, build_unet, dequantised_log_prob, dequantised_model_space, guided,
                                      noise_path, to_image, to_model_space)
+from genzoo.models.labels import balanced_labels, check_labels, class_rows, drop_labels
 from genzoo.options import GUIDANCE, LABEL
 from genzoo.samplers import FLOW_SAMPLERS, STEPS, flow_invert, get_sampler, sampler_choice
 
