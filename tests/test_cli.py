@@ -344,9 +344,32 @@ def test_pixelcnn_softmax_head_reports_bits_per_dim_and_completes_images(trained
                            (["--complete", tmp_path / "junk.png"], "cannot be read as an image"),
                            (["--complete", tmp_path / "none.png"], "does not exist"),
                            (["--complete", digit, "--temperature", 0], "--temperature must be positive"),
-                           (["--steps", 3], "takes no --steps option")):
+                           (["--steps", 3], "takes no --steps option"),
+                           (["--class", 3], "not trained with --class-cond")):
         code, _, err = run_cli("sample", run, *args, "--out", tmp_path / "x.png")
         assert_one_clear_error(code, err, fragment)
+
+
+def test_a_class_conditional_pixelcnn_draws_the_class_asked_for(tmp_path_factory, tmp_path, run_cli):
+    run, p = train_once(tmp_path_factory, "pixelcnn", PIXELCNN_SMALL + ["--class-cond", "true"])
+    row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert row["val_nll_given_class"] < row["val_nll"] + 5  # what the label is worth (after 4 steps: little)
+    ev = json.loads((run / "summary.json").read_text())["eval"]
+    assert ev["n_examples"] == 16 and ev["nll_nats"] > 0  # scored as the unconditional model: no labels needed
+    pictures = {}
+    for label, guidance in ((3, 1.0), (3, 1.0), (5, 1.0), (3, 0.0)):
+        out = tmp_path / f"{label}-{guidance}-{len(pictures)}.png"
+        code, _, err = run_cli("sample", run, "--n", 4, "--class", label, "--guidance", guidance, "--seed", 2,
+                               "--out", out)
+        assert code == 0, err
+        pictures[out.name] = out.read_bytes()
+    code, _, err = run_cli("sample", run, "--n", 4, "--seed", 2, "--out", tmp_path / "plain.png")
+    assert code == 0, err
+    a, again, five, unguided = pictures.values()
+    assert a == again and a != five  # seeded, and the label changes what is drawn
+    assert unguided == (tmp_path / "plain.png").read_bytes()  # w = 0: the unconditional model
+    code, _, err = run_cli("sample", run, "--class", 10, "--out", tmp_path / "x.png")
+    assert_one_clear_error(code, err, "--class must be between 0 and 9")
 
 
 def test_realnvp_trains_samples_and_refuses_to_complete(tmp_path_factory, tmp_path, run_cli):

@@ -138,3 +138,84 @@ def test_values_the_head_cannot_score_are_refused():
     with pytest.raises(ConfigError, match="models 1x2x2 images"):
         binary.log_prob(torch.zeros((1, 1, 3, 3), dtype=torch.float64))
     assert tiny("softmax").view == "uint8" and binary.view == "binary"
+
+
+# --- class labels (the conditional gated PixelCNN) -------------------------------------------------------------
+def test_a_label_reaches_every_pixel_and_the_raster_order_still_holds():
+    torch.manual_seed(4)
+    net = GatedPixelCNN(1, 1, channels=8, layers=3, kernel=3, head_channels=16, num_classes=3).double()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    h = w = 5
+    x = torch.randn(1, 1, h, w, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1])
+    out = net(x, y)
+    for i, j in itertools.product(range(h), range(w)):
+        (grad,) = torch.autograd.grad(out[0, :, i, j].sum(), x, retain_graph=True)
+        grad = grad.abs().flatten()
+        assert grad[i * w + j:].max() == 0, f"pixel ({i},{j}) sees itself or a later pixel"
+    others = [net(x, torch.tensor([c])) for c in (0, 2, 3)]  # 3: "no label"
+    for other in others:  # the label moves every conditional, the first pixel's (which sees no pixel) included
+        assert ((other - out).abs().flatten() > 1e-6).all()
+    for i in range(h):  # row by row with the label, as sampling runs it
+        row = net.row(x[:, :, i:i + 1].detach(), net.context(x[:, :, :i].detach(), w, y), y)
+        torch.testing.assert_close(row, out[:, :, i:i + 1].detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(net(x), others[-1])  # no labels given: "no label"
+    with pytest.raises(ValueError, match="without classes"):
+        GatedPixelCNN(1, 1, channels=8, layers=2, num_classes=0)(x, y)
+
+
+def test_each_class_conditional_is_normalised_and_the_loss_drops_labels_at_p_uncond():
+    model = tiny("bernoulli", (1, 2, 2), class_cond=True, num_classes=3)
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64).reshape(16, 1, 2, 2)
+    for c in range(4):  # the three classes and "no label"
+        total = torch.logsumexp(model.log_prob(images, torch.full((16,), c)), 0)
+        assert abs(total.item()) < 1e-12
+    y = torch.tensor([0, 1, 2, 0] * 4)
+    conditional, unconditional = -model.log_prob(images, y), -model.log_prob(images)
+    assert (conditional - unconditional).abs().min() > 1e-6
+    model.cfg.p_uncond = 0.0
+    torch.testing.assert_close(model.loss(images, y), conditional, rtol=0, atol=0)
+    model.cfg.p_uncond = 1.0
+    torch.testing.assert_close(model.loss(images, y), unconditional, rtol=0, atol=0)
+    metrics = model.validation_metrics(images, y)
+    torch.testing.assert_close(metrics["nll"], unconditional)  # the reported likelihood: the unconditional model
+    torch.testing.assert_close(metrics["nll_given_class"], conditional)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_guided_samples_follow_the_guided_conditionals(guidance):
+    # each pixel drawn from sigmoid(l_u + w (l_c - l_u)), l_u and l_c the logits of "no label" and of the class
+    # given the pixels before it: the probability of a whole 2 x 2 image is the product of those conditionals
+    torch.manual_seed(0)
+    model = tiny("bernoulli", (1, 2, 2), class_cond=True, num_classes=3).float()
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4))).reshape(16, 1, 2, 2)
+    y = torch.full((16,), 2)
+    with torch.no_grad():
+        logits = model.logits(images) + guidance * (model.logits(images, y) - model.logits(images))
+    p = torch.distributions.Bernoulli(logits=logits.double()).log_prob(images.double()).sum((1, 2, 3)).exp()
+    assert abs(p.sum().item() - 1) < 1e-6
+    n = 40000
+    s = model.sample(n, torch.Generator().manual_seed(1), y=torch.full((n,), 2), guidance=guidance)
+    codes = (s.reshape(n, 4) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
+    freq = torch.bincount(codes, minlength=16).double() / n
+    se = (p * (1 - p) / n).sqrt()
+    assert torch.all((freq - p).abs() <= 5 * se + 1e-9), (freq, p)
+
+
+def test_guidance_zero_draws_the_unconditional_model_and_labels_need_a_class_conditional_run():
+    model = tiny("bernoulli", (1, 3, 3), class_cond=True, num_classes=3).float()
+    y = torch.arange(64) % 3
+    plain = model.sample(64, torch.Generator().manual_seed(5))
+    unguided = model.sample(64, torch.Generator().manual_seed(5), y=y, guidance=0.0)
+    assert torch.equal(plain, unguided)
+    assert not torch.equal(plain, model.sample(64, torch.Generator().manual_seed(5), y=y))
+    x = torch.randint(0, 2, (1, 3, 3)).float()
+    done = model.complete(x, 3, given_rows=1, generator=torch.Generator().manual_seed(5), y=torch.tensor([2, 2, 2]),
+                          guidance=2.0)
+    torch.testing.assert_close(done[:, :, :1], x[None, :, :1].expand(3, 1, 1, 3))
+    with pytest.raises(ConfigError, match="--class must be between 0 and 2"):
+        model.sample(1, y=torch.tensor([3]))
+    with pytest.raises(ConfigError, match="not trained with --class-cond"):
+        tiny("bernoulli", (1, 2, 2)).sample(1, y=torch.tensor([0]))
+    assert not any("label" in k for k in tiny("bernoulli", (1, 2, 2)).state_dict())  # old runs load unchanged

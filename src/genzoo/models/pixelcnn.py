@@ -11,6 +11,12 @@ sees only the pixels before it. Two heads:
                DDPM. No dequantisation is needed; the model is a distribution over the discrete data itself.
 
 Sampling runs the network once per pixel (H x W passes); completion fixes the given rows and samples the rest.
+
+With ``--class-cond`` the network also takes the class label (van den Oord et al. 2016, section 2.3), dropped with
+probability p_uncond in training so that the same network is the unconditional model under "no label"
+(Ho & Salimans 2022). Samples of a chosen class may then be guided: the logits of each pixel's conditional
+combine the two as uncond + w (cond - uncond). The likelihood genzoo reports is the unconditional model's, log P(x)
+under "no label", comparable with every other model; validation also shows -log P(x | y) with the true labels.
 """
 
 from __future__ import annotations
@@ -25,15 +31,17 @@ from genzoo import theory
 from genzoo.data.views import reports_bits_per_dim
 from genzoo.config import option
 from genzoo.errors import ConfigError
-from genzoo.options import TEMPERATURE
+from genzoo.options import GUIDANCE, LABEL, TEMPERATURE
 from genzoo.models.base import DensityKind, GenerativeModel, Preset
+from genzoo.models.labels import (LabelConfig, balanced_labels, check_labels, class_rows, classifier_free,
+                                  drop_labels)
 from genzoo.nets.pixelcnn import GatedPixelCNN
 
 HEAD_VIEWS = {"bernoulli": "binary", "softmax": "uint8"}
 
 
 @dataclass
-class PixelCNNConfig:
+class PixelCNNConfig(LabelConfig):
     head: str = option("bernoulli", "output distribution: bernoulli (binarised images, nats) or softmax "
                                      "(256 levels, bits/dim)", choices=tuple(HEAD_VIEWS))
     channels: int = option(32, "channels of each gated layer", min=1)
@@ -49,8 +57,9 @@ class PixelCNN(GenerativeModel):
     kind = DensityKind.EXACT
     view = "binary"  # the default head's; a softmax-head model uses the uint8 view (set per instance)
     Config = PixelCNNConfig
-    sample_options = (TEMPERATURE,)
+    sample_options = (TEMPERATURE, LABEL, GUIDANCE)
     can_complete = True
+    class_conditional = True
     views_offered = "'binary' (--head bernoulli) or 'uint8' (--head softmax)"
     train_defaults = {"lr": 1e-3, "lr_schedule": "cosine", "grad_clip": 1.0}
     presets = {"chapter": Preset(
@@ -77,36 +86,41 @@ class PixelCNN(GenerativeModel):
                               f"use --head softmax (256 values per subpixel, R before G before B, in bits/dim).")
         self.levels = 2 if cfg.head == "bernoulli" else 256
         out = c if cfg.head == "bernoulli" else 256 * c
-        self.net = GatedPixelCNN(c, out, cfg.channels, cfg.layers, cfg.kernel, cfg.head_channels, colours=c)
+        self.net = GatedPixelCNN(c, out, cfg.channels, cfg.layers, cfg.kernel, cfg.head_channels, colours=c,
+                                 num_classes=cfg.num_classes if cfg.class_cond else 0)
 
     def to_net_input(self, x: torch.Tensor) -> torch.Tensor:
         """View values ({0, 1} or 0..255) -> [-1, 1]."""
         return x * (2.0 / (self.levels - 1)) - 1.0
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-pixel logits: [N x C x H x W] for the Bernoulli head, [N x 256 x C x H x W] for the softmax."""
-        out = self.net(self.to_net_input(x))
+    def logits(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel logits given labels y [N] (None: "no label"): [N x C x H x W] for the Bernoulli head,
+        [N x 256 x C x H x W] for the softmax."""
+        out = self.net(self.to_net_input(x), y)
         if self.cfg.head == "bernoulli":
             return out
         n, _, h, w = out.shape
         return out.reshape(n, 256, -1, h, w)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """The exact log P(x) of each image [N x C x H x W], in nats: [N]."""
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The exact log P(x) of each image [N x C x H x W], in nats: [N]; with labels y [N] of a class-conditional
+        run, log P(x | y)."""
         self._check_values(x)
-        logits = self.logits(x)
+        logits = self.logits(x, y)
         if self.cfg.head == "bernoulli":
             return theory.sum_except_batch(theory.bernoulli_log_prob(x, logits))
         return -theory.sum_except_batch(F.cross_entropy(logits, x.long(), reduction="none"))
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return -self.log_prob(x)
+        return -self.log_prob(x, drop_labels(self.cfg, y))
 
     def validation_metrics(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         nll = -self.log_prob(x)
         metrics = {"nll": nll}
         if reports_bits_per_dim(self.view):
             metrics["bits_per_dim"] = theory.nats_to_bits_per_dim(nll, x[0].numel())
+        if self.cfg.class_cond and y is not None:  # what knowing the class is worth
+            metrics["nll_given_class"] = -self.log_prob(x, y)
         return metrics
 
     def _check_values(self, x: torch.Tensor) -> None:
@@ -114,16 +128,32 @@ class PixelCNN(GenerativeModel):
 
     # --- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def _draw(self, x: torch.Tensor, first_row: int, generator, temperature: float, progress: bool) -> torch.Tensor:
-        """Fill rows first_row.. of x (view values) pixel by pixel, in place, and return it."""
-        self.check_sample_options(temperature=temperature)
+    def _draw(self, x: torch.Tensor, first_row: int, generator, temperature: float, progress: bool,
+              y: torch.Tensor | None = None, guidance: float = 1.0) -> torch.Tensor:
+        """Fill rows first_row.. of x (view values) pixel by pixel, in place, and return it; labels y [N] and
+        guidance w as in ``sample``."""
+        self.check_sample_options(temperature=temperature, guidance=guidance)
+        check_labels(self.cfg, y)
         n, c, h, w = x.shape
+        if y is not None and y.shape != (n,):
+            raise ConfigError(f"{len(y)} labels for {n} images.")
+        guide = y is not None and guidance != 1.0
+        labels = torch.cat([torch.full_like(y, self.cfg.num_classes), y]) if guide else y  # (2N,): no label, then y
+
+        def net_input(rows):  # guided: the unconditional and the conditional model in one batch
+            rows = self.to_net_input(rows)
+            return torch.cat([rows, rows]) if guide else rows
+
+        def pixel_logits(out):  # out: [N or 2N x out]
+            return classifier_free(*out.chunk(2), guidance) if guide else out
+
         bar = tqdm(total=(h - first_row) * w, desc="pixels", unit="px", disable=not progress or None, leave=False)
         for i in range(first_row, h):
-            context = self.net.context(self.to_net_input(x[:, :, :i]), w)  # the rows above, once per row
+            context = self.net.context(net_input(x[:, :, :i]), w, labels)  # the rows above, once per row
             for j in range(w):
                 for colour in range(c):  # one pass per subpixel: R before G before B
-                    logits = self.net.row(self.to_net_input(x[:, :, i:i + 1]), context)[..., 0, j] / temperature
+                    out = self.net.row(net_input(x[:, :, i:i + 1]), context, labels)[..., 0, j]
+                    logits = pixel_logits(out) / temperature
                     if self.cfg.head == "bernoulli":  # logits (N, 1): grey only
                         u = torch.rand(logits.shape, generator=generator, device=x.device)
                         x[:, :, i, j] = (u < torch.sigmoid(logits)).to(x.dtype)
@@ -139,16 +169,18 @@ class PixelCNN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
-               progress: bool = False) -> torch.Tensor:
-        """n images [n x C x H x W] in [0, 1], one pixel at a time; ``temperature`` divides the logits."""
+               y: torch.Tensor | None = None, guidance: float = 1.0, progress: bool = False) -> torch.Tensor:
+        """n images [n x C x H x W] in [0, 1], one pixel at a time; ``temperature`` divides the logits. A
+        class-conditional run draws the classes y [n] (None: unconditionally), each pixel's logits guided with
+        scale w = ``guidance`` (1: the plain conditional model)."""
         w = next(self.parameters())
         x = torch.zeros((n, *self.image_shape), device=w.device, dtype=w.dtype)
-        return self.to_image(self._draw(x, 0, generator, temperature, progress))
+        return self.to_image(self._draw(x, 0, generator, temperature, progress, y, guidance))
 
     @torch.no_grad()
     def complete(self, x: torch.Tensor, n: int, given_rows: int | None = None,
                  generator: torch.Generator | None = None, temperature: float = 1.0,
-                 progress: bool = False) -> torch.Tensor:
+                 y: torch.Tensor | None = None, guidance: float = 1.0, progress: bool = False) -> torch.Tensor:
         """n completions of one image x [C x H x W] (view values) whose top ``given_rows`` rows (default: half)
         are kept: [n x C x H x W] in [0, 1]."""
         h = self.image_shape[1]
@@ -158,21 +190,29 @@ class PixelCNN(GenerativeModel):
         self._check_values(x.unsqueeze(0))
         start = x.unsqueeze(0).repeat(n, 1, 1, 1).to(next(self.parameters()).dtype)
         start[:, :, given_rows:] = 0.0
-        return self.to_image(self._draw(start, given_rows, generator, temperature, progress))
+        return self.to_image(self._draw(start, given_rows, generator, temperature, progress, y, guidance))
 
     @torch.no_grad()
     def completion_grid(self, x: torch.Tensor, n: int, generator: torch.Generator | None = None,
-                        temperature: float = 1.0, progress: bool = False) -> torch.Tensor:
-        """[n + 1 x C x H x W] in [0, 1]: the kept top half of image x (view values), then n completions of it."""
+                        temperature: float = 1.0, y: torch.Tensor | None = None, guidance: float = 1.0,
+                        progress: bool = False) -> torch.Tensor:
+        """[n + 1 x C x H x W] in [0, 1]: the kept top half of image x (view values), then n completions of it
+        (of classes y [n] when given)."""
         half = x.clone()
         half[:, self.image_shape[1] // 2:] = 0.0
-        completions = self.complete(x, n, generator=generator, temperature=temperature, progress=progress)
+        completions = self.complete(x, n, generator=generator, temperature=temperature, y=y, guidance=guidance,
+                                    progress=progress)
         return torch.cat([self.to_image(half)[None], completions])
+
+    def scoring_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
+        return balanced_labels(self.cfg, n, device)
 
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, generator: torch.Generator, quick: bool = False) -> dict[str, torch.Tensor]:
         side = 4 if quick else 10  # one pass of the network per pixel: a short run draws 16 samples, not 100
-        samples = self.sample(side * side, generator).reshape(side, side, *self.image_shape)
+        y = class_rows(self.cfg, x.device)  # a class per row of ten (plain conditioning)
+        y = y.reshape(10, 10)[:side, :side].reshape(-1) if y is not None else None
+        samples = self.sample(side * side, generator, y=y).reshape(side, side, *self.image_shape)
         rows = []
         for image in x[:2 if quick else 5]:  # each row: the image, its top half, and 8 completions of that half
             rows.append(torch.cat([self.to_image(image)[None], self.completion_grid(image, 8, generator)]))
