@@ -74,6 +74,10 @@ class GatedLayer(nn.Module):
         # V_f^T h and V_g^T h of both stacks, one row per label (and one for "no label")
         self.v_label = nn.Embedding(num_classes + 1, 2 * channels) if num_classes else None
         self.h_label = nn.Embedding(num_classes + 1, 2 * channels) if num_classes else None
+        for table in (self.v_label, self.h_label) if num_classes else ():
+            # zero at first: training starts from the unconditional network. (Embedding's N(0, 1) start put a
+            # random unit bias on every gate: after 300 steps the conditional NLL was 2 nats worse than no label's.)
+            nn.init.zeros_(table.weight)
         if colours > 1:  # masks as buffers outside the state dict: a colour net saves the same tensors as a grey one
             groups = colour_groups(channels, colours)
             gated = torch.cat([groups, groups])  # the a and b halves of the gate, each in colour blocks
