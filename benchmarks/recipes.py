@@ -3,6 +3,7 @@
     python benchmarks/recipes.py --study diffusion --images 38400 --fid-n 1000 --threads 1
     python benchmarks/recipes.py --study gan --images 76800 --fid-n 2000 --threads 1
     python benchmarks/recipes.py --study ebm --images 25600 --fid-n 500 --threads 1
+    python benchmarks/recipes.py --study pixelcnn --images 38400 --fid-n 1000 --threads 1
     python benchmarks/recipes.py --images 256 --fid-n 100 --tag smoke --variants flow ddpm-v
 
 Each variant is a family and a few settings changed from its defaults (STUDIES below, or NAME=FAMILY:key=value,...
@@ -11,8 +12,10 @@ images / batch size) from the same seed: with one network for all, that is the s
 limit it does not depend on what else the shared machine runs. A constant learning rate after the warm-up (if the
 family has one), and the EMA with warm-up where a variant has one. Then each draws --fid-n samples (the
 diffusion families with their ~20-evaluation solver: ddpm DPM-Solver++(2M), 20 steps; flow Heun, 10 steps = 19
-evaluations; a GAN in one pass; an EBM by SGLD from noise for its own --sample-steps) and is scored by FID/KID in
-genzoo's feature space (float reference).
+evaluations; a GAN in one pass; an EBM by SGLD from noise for its own --sample-steps; a PixelCNN pixel by pixel)
+and is scored by FID/KID in genzoo's feature space (float reference; binary for a Bernoulli PixelCNN, whose samples
+are binary), a class-conditional variant on its conditional model, every class in turn (plain conditioning, w = 1),
+as `genzoo eval --fid` scores it. The last validation figures of each run are kept too (a likelihood family's NLL).
 
 Resumable: each variant's figures go to benchmarks/results/STUDY_recipes[-TAG].json as it finishes and a variant
 already there is skipped; the runs live in benchmarks/results/STUDY_recipes[-TAG]/.
@@ -32,7 +35,7 @@ from genzoo import runs, storage  # noqa: E402
 from genzoo.config import TrainConfig  # noqa: E402
 from genzoo.data import load_dataset  # noqa: E402
 from genzoo.devices import describe_machine  # noqa: E402
-from genzoo.evaluate import draw_samples, score_images  # noqa: E402
+from genzoo.evaluate import sample_quality, score_images  # noqa: E402
 from genzoo.trainer import train_run  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -73,6 +76,12 @@ STUDIES = {  # study: {name: (family, settings changed from the family's default
                                     "grad_clamp": 0.03, "data_noise": 0.005, "sample_steps": 256}),
         "ebm-clamp": ("ebm", {"sgld_steps": 60, "buffer_size": 8192, "grad_clamp": 0.03, "data_noise": 0.005,
                               "sample_steps": 256}),
+    },
+    # the class-conditional gated PixelCNN (van den Oord et al. 2016, section 2.3) against the unconditional one:
+    # what the label buys in -log P(x | y), what dropping it 10 % of the time costs the unconditional log P(x)
+    "pixelcnn": {
+        "pixelcnn": ("pixelcnn", {}),
+        "pixelcnn-class": ("pixelcnn", {"class_cond": True}),
     },
 }
 TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
@@ -165,12 +174,13 @@ def run_variant(name: str, family: str, changes: dict, args, data, log) -> dict:
     summary = train_run(cfg, folder, resume=resume, log=log)
     run = runs.load_run(folder)
     solver = SOLVER.get(family, {})
-    samples, rate = draw_samples(run.model, args.fid_n, torch.device("cpu"), 500, False, **solver)
-    scores = score_images(samples, data.name, "float", 500)
+    scores = sample_quality(run.model, data, args.fid_n, torch.device("cpu"), **solver)
+    validation = {k: v for k, v in runs.read_metrics(folder)[-1].items() if k.startswith("val_")}
     log(f"{name}: {summary['steps']} steps, FID {scores['fid']:.2f}")
     return {"family": family, "changes": changes, "steps": summary["steps"],
             "train_minutes": summary["train_wall_time_s"] / 60, "images_per_s": summary["images_per_s"],
-            "parameters": summary["parameters"], "solver": solver, "seconds_per_100": 100 / rate, **scores,
+            "parameters": summary["parameters"], "solver": solver, "seconds_per_100": 100 / scores["samples_per_s"],
+            "validation": validation, **{k: v for k, v in scores.items() if k not in ("sampler", "samples_per_s")},
             "date": datetime.date.today().isoformat()}
 
 
