@@ -95,6 +95,16 @@ def test_softmax_head_is_normalised_over_all_8bit_images():
     assert abs(total.item()) < 1e-10
 
 
+def assert_frequencies_match(samples: torch.Tensor, p: torch.Tensor) -> None:
+    """The 2 x 2 binary samples [n x 1 x 2 x 2], coded 0..15 in raster order, each code's frequency within 5 standard
+    errors of its probability p[code]."""
+    n = len(samples)
+    codes = (samples.reshape(n, 4) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
+    freq = torch.bincount(codes, minlength=16).double() / n
+    se = (p * (1 - p) / n).sqrt()
+    assert torch.all((freq - p).abs() <= 5 * se + 1e-9), (freq, p)
+
+
 def test_samples_follow_the_density():
     torch.manual_seed(0)
     model = tiny("bernoulli", (1, 2, 2)).float()
@@ -102,12 +112,7 @@ def test_samples_follow_the_density():
     p = model.log_prob(images).exp().double()
     n = 40000
     g = torch.Generator().manual_seed(0)
-    s = model.sample(n, g)
-    codes = (s.reshape(n, 4) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
-    freq = torch.bincount(codes, minlength=16).double() / n
-    # each frequency within 5 standard errors of its probability
-    se = (p * (1 - p) / n).sqrt()
-    assert torch.all((freq - p).abs() <= 5 * se + 1e-9), (freq, p)
+    assert_frequencies_match(model.sample(n, g), p)
 
 
 def test_completion_keeps_the_given_rows_and_is_seeded():
@@ -198,11 +203,8 @@ def test_guided_samples_follow_the_guided_conditionals(guidance):
     p = torch.distributions.Bernoulli(logits=logits.double()).log_prob(images.double()).sum((1, 2, 3)).exp()
     assert abs(p.sum().item() - 1) < 1e-6
     n = 40000
-    s = model.sample(n, torch.Generator().manual_seed(1), y=torch.full((n,), 2), guidance=guidance)
-    codes = (s.reshape(n, 4) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
-    freq = torch.bincount(codes, minlength=16).double() / n
-    se = (p * (1 - p) / n).sqrt()
-    assert torch.all((freq - p).abs() <= 5 * se + 1e-9), (freq, p)
+    assert_frequencies_match(model.sample(n, torch.Generator().manual_seed(1), y=torch.full((n,), 2),
+                                          guidance=guidance), p)
 
 
 def test_guidance_zero_draws_the_unconditional_model_and_labels_need_a_class_conditional_run():

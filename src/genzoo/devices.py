@@ -43,8 +43,9 @@ def keep_freed_memory() -> bool:
     A forward pass on a CPU allocates its activations afresh; with malloc's defaults many large ones are new
     mappings (or heap trimmed and grown again) whose pages fault in and are zeroed again -- 16,000 page faults and
     about 15 % of the time of a 100-image U-Net forward pass in bf16 (BENCHMARKS.md, 'Sampling time'); glibc's
-    self-adjusting threshold saves some of it in some processes, by the order of their frees, not reliably. PyTorch's CPU tuning guide gets the same
-    by preloading jemalloc or tcmalloc; this needs neither. Returns whether it applied (glibc only)."""
+    self-adjusting threshold saves some of it in some processes, by the order of their frees, not reliably.
+    PyTorch's CPU tuning guide gets the same by preloading jemalloc or tcmalloc; this needs neither. Returns whether
+    it applied (glibc only)."""
     if platform.system() != "Linux":
         return False
     try:

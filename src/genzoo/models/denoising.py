@@ -12,7 +12,7 @@ import torch
 from genzoo import theory
 from genzoo.config import option
 from genzoo.data.views import dequantize
-from genzoo.models.labels import LabelConfig, classifier_free
+from genzoo.models.labels import LabelConfig, classifier_free, unconditional_then
 from genzoo.nets.unet import UNet
 
 def _check_channel_mult(value: str) -> str | None:
@@ -56,7 +56,7 @@ def guided(net, y: torch.Tensor | None, guidance: float, time_scale: float = 1.0
         return lambda xt, t: net(xt, scaled(t), y)
 
     def fn(xt, t):
-        both = net(torch.cat([xt, xt]), scaled(torch.cat([t, t])), torch.cat([torch.full_like(y, net.num_classes), y]))
+        both = net(torch.cat([xt, xt]), scaled(torch.cat([t, t])), unconditional_then(y, net.num_classes))
         uncond, cond = both.chunk(2)
         return classifier_free(uncond, cond, guidance)
     return fn

@@ -37,6 +37,12 @@ def classifier_free(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -
     return uncond + guidance * (cond - uncond)
 
 
+def unconditional_then(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[2N]: "no label" N times, then the labels y [N] -- one batch that evaluates the unconditional and the
+    conditional model together for ``classifier_free``."""
+    return torch.cat([torch.full_like(y, num_classes), y])
+
+
 def check_labels(cfg: LabelConfig, y: torch.Tensor | None) -> None:
     if y is not None and not cfg.class_cond:
         raise ConfigError("this run was not trained with --class-cond, so it cannot sample a chosen class.")

@@ -34,7 +34,7 @@ from genzoo.errors import ConfigError
 from genzoo.options import GUIDANCE, LABEL, TEMPERATURE
 from genzoo.models.base import DensityKind, GenerativeModel, Preset
 from genzoo.models.labels import (LabelConfig, balanced_labels, check_labels, class_rows, classifier_free,
-                                  drop_labels)
+                                  drop_labels, unconditional_then)
 from genzoo.nets.pixelcnn import GatedPixelCNN
 
 HEAD_VIEWS = {"bernoulli": "binary", "softmax": "uint8"}
@@ -138,7 +138,7 @@ class PixelCNN(GenerativeModel):
         if y is not None and y.shape != (n,):
             raise ConfigError(f"{len(y)} labels for {n} images.")
         guide = y is not None and guidance != 1.0
-        labels = torch.cat([torch.full_like(y, self.cfg.num_classes), y]) if guide else y  # (2N,): no label, then y
+        labels = unconditional_then(y, self.cfg.num_classes) if guide else y
 
         def net_input(rows):  # guided: the unconditional and the conditional model in one batch
             rows = self.to_net_input(rows)
