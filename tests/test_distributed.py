@@ -18,7 +18,9 @@ TINY = ["--subset", "256", "--channels", "8", "--layers", "2", "--head-channels"
 def start(*argv, nproc=0):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
         else [sys.executable]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it: side-by-side processes, one core each
+    # OMP_NUM_THREADS=1 as torchrun sets it: side-by-side processes, one core each; a process killed by a signal
+    # prints where each of its threads was
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen([*launcher, "-m", "genzoo", *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
@@ -37,9 +39,10 @@ def genzoo(*argv, nproc=0):
 
 
 def ranks_said(stderr: str) -> str:
-    """What the ranks themselves printed, without torchrun's own report (whose traceback names no cause)."""
-    own = [line for line in stderr.splitlines() if "torch/distributed/" not in line and not line.startswith(" ")]
-    return "\n".join(own)[-3000:]
+    """What the ranks themselves printed (with PYTHONFAULTHANDLER, every thread's stack if one died of a signal),
+    without torchrun's own report that follows it (whose traceback names no cause)."""
+    own, _, _ = stderr.rpartition("Traceback (most recent call last):")
+    return (own or stderr)[-4000:]
 
 
 def weights(run):
