@@ -1,8 +1,10 @@
 """Data-parallel training with torchrun: two gloo processes on this CPU against one process."""
 
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -45,6 +47,19 @@ def ranks_said(stderr: str) -> str:
     return (own or stderr)[-4000:]
 
 
+def ddp_train(*argv, out):
+    """A two-process training run into ``out``. A rank killed by a signal (twice in CI, SIGABRT, 'terminate called
+    without an active exception', never here in 30 launches) is reported as a warning with what the ranks printed
+    and the launch tried once more from scratch; any other failure, or a second one, fails the test."""
+    run = genzoo("train", *argv, "--out", out, nproc=2)
+    if run.returncode != 0 and "Signal" in run.stderr:
+        warnings.warn(f"a DDP rank died of a signal; launched again. The ranks said:\n{ranks_said(run.stderr)}")
+        shutil.rmtree(out, ignore_errors=True)
+        run = genzoo("train", *argv, "--out", out, nproc=2)
+    assert run.returncode == 0, ranks_said(run.stderr)
+    return run
+
+
 def weights(run):
     return storage.load_tensors(run / runs.MODEL)[0]
 
@@ -57,8 +72,7 @@ def max_difference(a, b):
 @pytest.fixture(scope="module")
 def pixelcnn_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    ddp = genzoo("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", "--out", root / "ddp", nproc=2)
-    assert ddp.returncode == 0, ranks_said(ddp.stderr)
+    ddp = ddp_train("pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", out=root / "ddp")
     one, half = finish(start("train", "pixelcnn", *TINY, "--batch-size", "32", "--max-steps", "6", "--out", root / "one"),
                        start("train", "pixelcnn", *TINY, "--batch-size", "16", "--max-steps", "6", "--out", root / "half"))
     assert one.returncode == 0 and half.returncode == 0, one.stderr[-2000:] + half.stderr[-2000:]
@@ -94,9 +108,8 @@ def test_a_checkpoint_written_under_ddp_resumes_in_one_process(pixelcnn_runs):
     ("ebm", ["--dataset", "toy-ring", "--hidden", "16", "--depth", "1", "--buffer-size", "64", "--sgld-steps", "3"]),
 ])
 def test_the_gan_and_the_ebm_train_on_two_processes(tmp_path, family, argv):
-    run = genzoo("train", family, *argv, "--subset", "512", "--batch-size", "64", "--max-steps", "4",
-                 "--eval-n", "100", "--out", tmp_path / "run", nproc=2)
-    assert run.returncode == 0, run.stderr[-2000:]
+    ddp_train(family, *argv, "--subset", "512", "--batch-size", "64", "--max-steps", "4", "--eval-n", "100",
+              out=tmp_path / "run")
     assert storage.read_json(tmp_path / "run" / runs.SUMMARY)["steps"] == 4
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run").values())
 
