@@ -4,6 +4,7 @@
     python benchmarks/recipes.py --study gan --images 76800 --fid-n 2000 --threads 1
     python benchmarks/recipes.py --study ebm --images 25600 --fid-n 500 --threads 1
     python benchmarks/recipes.py --study pixelcnn --images 38400 --fid-n 1000 --threads 1
+    python benchmarks/recipes.py --study realnvp --images 76800 --fid-n 1000 --threads 1
     python benchmarks/recipes.py --images 256 --fid-n 100 --tag smoke --variants flow ddpm-v
 
 Each variant is a family and a few settings changed from its defaults (STUDIES below, or NAME=FAMILY:key=value,...
@@ -82,6 +83,13 @@ STUDIES = {  # study: {name: (family, settings changed from the family's default
     "pixelcnn": {
         "pixelcnn": ("pixelcnn", {}),
         "pixelcnn-class": ("pixelcnn", {"class_cond": True}),
+    },
+    # RealNVP's recipes for the likelihood issue, from the zoo's (32-channel coupling nets with ActNorm): the
+    # learned dequantisation of Flow++ (Ho et al. 2019) against uniform noise, and twice the width
+    "realnvp": {
+        "realnvp-32": ("realnvp", {"hidden": 32, "actnorm": True}),
+        "realnvp-32-vardeq": ("realnvp", {"hidden": 32, "actnorm": True, "dequantisation": "variational"}),
+        "realnvp-64": ("realnvp", {"hidden": 64, "actnorm": True}),
     },
 }
 TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)

@@ -112,6 +112,9 @@ class EvalConfig:
                                  "it, beside the bound")
     probes: int = option(1, "flows by ODE: Hutchinson probes per evaluation of the divergence (0 = exact: one "
                             "backward pass per dimension, for small inputs)", min=0)
+    dequant_draws: int = option(1, "realnvp: dequantisation draws per image, combined by importance weighting as "
+                                   "log mean_k p(x + u_k) / q(u_k | x): more draws, a tighter bound (Ho et al. 2019)",
+                                min=1)
 
     def ode_options(self) -> dict:
         """The keyword options of an ODE likelihood (the flow's log_prob, the DDPM's ode_log_prob)."""

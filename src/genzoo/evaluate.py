@@ -210,7 +210,7 @@ def evaluate(model: GenerativeModel, data: ImageDataset, cfg: EvalConfig, device
         if reports_bits_per_dim(model.view):
             out[f"{key}_bits_per_dim"] = theory.nats_to_bits_per_dim(mean, dims)
     if model.kind is DensityKind.EXACT and model.nll_estimator:
-        out["nll_estimator"] = model.nll_estimator.format(solver=ode_solver(cfg))
+        out["nll_estimator"] = model.nll_estimator.format(solver=ode_solver(cfg), draws=cfg.dequant_draws)
     if model.kind is DensityKind.BOUND and "nll" in per_example:
         out["nll_estimator"] = f"IWAE bound, k={cfg.iwae_k} (an upper bound on the true NLL)"
         out["iwae_k"] = cfg.iwae_k

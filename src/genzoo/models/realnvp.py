@@ -322,7 +322,11 @@ class RealNVP(GenerativeModel):
 
     @property
     def nll_estimator(self) -> str:
-        return f"{self.cfg.dequantisation} dequantisation, one draw per image: an upper bound on the NLL of the 8-bit data"
+        return (f"{self.cfg.dequantisation} dequantisation, {{draws}} draw(s) per image (importance-weighted when "
+                f"more than one): an upper bound on the NLL of the 8-bit data")
+
+    def likelihood_options(self, cfg) -> dict:
+        return {"draws": cfg.dequant_draws}
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         if self.cfg.prior == "gaussian":
@@ -335,10 +339,15 @@ class RealNVP(GenerativeModel):
         z, log_det_flow = self.flow(y)
         return self.prior_log_prob(z) + log_det_flow + log_det_logit
 
-    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None, draws: int = 1) -> torch.Tensor:
         """log P(x) of 8-bit images (values 0..255) [N x C x H x W], in nats, through one dequantisation draw:
         an unbiased estimate of the lower bound E_u[log p((x + u)/256) - log q(u | x)] - D log 256 (see the module
-        doc), where q is uniform (log q = 0) or the variational dequantiser."""
+        doc), where q is uniform (log q = 0) or the variational dequantiser. With ``draws`` = K > 1, the
+        importance-weighted bound log (1/K) sum_k p((x + u_k)/256) / q(u_k | x) - D log 256 (Burda et al. 2016's
+        argument, Ho et al. 2019's evaluation): a lower bound on log P(x) for every K, tighter as K grows."""
+        if draws > 1:
+            one = torch.stack([self.log_prob(x, generator) for _ in range(draws)])
+            return torch.logsumexp(one, dim=0) - math.log(draws)
         self.check_discrete(x, 256, "RealNVP")
         log_256 = x[0].numel() * math.log(256.0)
         if self.dequantizer is None:
