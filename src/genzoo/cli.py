@@ -7,6 +7,7 @@ Bad input of any kind ends in one sentence on stderr and exit status 2; a traini
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import math
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from genzoo import runs, storage, zoo
+from genzoo import distributed, runs, storage, zoo
 from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, add_dataclass_arguments, from_args, given_flags, parse_bool
 from genzoo.data.cifar import ARCHIVE_DATASETS
@@ -563,5 +564,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The `genzoo` command, and `python -m genzoo` (as torchrun launches it)."""
+    code = main()
+    try:
+        launched = distributed.from_env().active
+    except GenzooError:
+        launched = False
+    if launched:
+        # A rank of a torchrun launch ends without C++'s static teardown: there torch 2.13 (gloo, CPU) sometimes
+        # aborts a rank whose work is done and whose Python exit handlers have run ("terminate called without an
+        # active exception", about 1 two-process launch in 15 here), and torchrun then reports a failed run.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
