@@ -373,3 +373,23 @@ def test_an_interrupted_evaluation_continues_where_it_stopped_with_the_same_resu
     result, said = evaluation_from(partial, model, mnist, short)
     assert result == evaluate(model, mnist, short, cpu, progress=False)
     assert any("100 images already scored" in s for s in said)
+
+
+def test_partial_evaluations_written_before_a_new_setting_stay_valid():
+    # the fingerprint of a fixed model at the default settings, as genzoo computed it before --dequant-draws existed
+    # (commit 31087ff): a partial file on disk from then must still be recognised, and a changed setting must not be
+    import dataclasses
+
+    from genzoo.config import EvalConfig
+    from genzoo.evaluate import _fingerprint
+    from genzoo.models.vae import VAE, VAEConfig
+
+    model = VAE(VAEConfig(latent_dim=4, hidden=32, depth=1), (1, 28, 28))
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.fill_(0.5)
+    cfg = EvalConfig(n=350, iwae_k=4)
+    assert _fingerprint(model, cfg, "mnist") == "27ea93e5679434b93a67bf0c94e67062bbada7ad8996a6865ae6c3957c76d452"
+    assert _fingerprint(model, dataclasses.replace(cfg, n=10), "mnist") == _fingerprint(model, cfg, "mnist")
+    assert _fingerprint(model, dataclasses.replace(cfg, dequant_draws=8), "mnist") != _fingerprint(model, cfg, "mnist")

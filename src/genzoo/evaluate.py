@@ -106,10 +106,16 @@ def partial_path(result: Path) -> Path:
     return result.with_name(result.stem + ".partial.safetensors")
 
 
+# Evaluation settings added after partial evaluations were first written, with their defaults: left out of the
+# fingerprint at their default, so a partial file written before them stays valid.
+ADDED_SETTINGS = {"dequant_draws": 1}
+
+
 def _fingerprint(model: GenerativeModel, cfg: EvalConfig, dataset: str) -> str:
     """SHA-256 of what decides an evaluation's per-example values: the weights, the settings but the number of
     examples (the values of the first n do not depend on it), the data."""
-    settings = {**dataclasses.asdict(cfg), "n": None}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]}
+    settings["n"] = None
     h = hashlib.sha256(json.dumps({"family": model.family, "dataset": dataset, "cfg": settings},
                                   sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
