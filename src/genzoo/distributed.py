@@ -20,8 +20,7 @@ How the trainer divides the work (trainer.py):
   collective per step costs time), so no rank is left waiting in a collective. A non-finite loss seen by
   one rank stops all of them at the next agreement; the checkpoint on disk is the last good one.
 - Only rank 0 writes the run folder; a checkpoint written under DDP is an ordinary one (it loads and resumes in
-  a single process). When training ends the ranks meet and leave the process group together; rank 0 then
-  scores the model and draws its pictures alone.
+  a single process).
 - GAN: both players are in one DDP module; each player's step runs its loss through it and all-reduces the
   gradients of the parameters that took part (unused ones are found per step). Batch norm statistics stay
   per rank (SyncBatchNorm needs CUDA).
@@ -104,15 +103,6 @@ def agree(value: float, flags: tuple[bool, ...], ctx: Context, device: torch.dev
     dist.all_reduce(t)
     values = t.tolist()
     return values[0] / ctx.world, tuple(v > 0 for v in values[1:])
-
-
-def leave(ctx: Context) -> None:
-    """All ranks meet once training is over and take the process group down together, before rank 0 scores and
-    draws the model alone: no rank tears down its side of the group while another is still using it, and no
-    rank's collective waits on a final evaluation that may take longer than gloo's timeout."""
-    if ctx.active and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, ctx: Context, device: torch.device, players: int, broadcast_buffers: bool):

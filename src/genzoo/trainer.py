@@ -201,8 +201,6 @@ class Trainer:
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-        self.net = self.model  # the DDP wrapper holds the process group: let go of it before the ranks leave
-        distributed.leave(self.ctx)
         return self.finish(finished)
 
     def _agree(self) -> tuple[bool, bool]:
