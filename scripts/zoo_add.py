@@ -78,17 +78,18 @@ def score(run: runs.Run, args, card: dict, likelihood: bool = True) -> dict[str,
     """Score a packed model on the protocol of ``args`` (without ``likelihood``: FID/KID only), adding the figures
     to ``card``; returns its result files ({file name: JSON}). The pictures are drawn again into the folder
     ``args.run``, which the final pack copies."""
-    cpu = torch.device("cpu")
-    sampler = sampler_options(args, run.model, cpu, args.fid_n)  # checked against the family's declaration first
+    device = torch.device(args.device)
+    run.model.to(device)
+    sampler = sampler_options(args, run.model, device, args.fid_n)  # checked against the family's declaration first
     data = runs.run_data(run.config)
-    draw_pictures(run.model, data, args.run, cpu)
+    draw_pictures(run.model, data, args.run, device)
     results = {}
     if likelihood:
-        ev = evaluate(run.model, data, eval_config(run, args), cpu, log=print)
+        ev = evaluate(run.model, data, eval_config(run, args), device, log=print)
         card["figures"] += likelihood_figures(ev)
         results[runs.eval_file("test")] = ev
     if args.fid_n:
-        q = sample_quality(run.model, data, args.fid_n, cpu, **sampler)
+        q = sample_quality(run.model, data, args.fid_n, device, **sampler)
         results[runs.FID_EVAL] = q
         for what in ("fid", "kid"):
             card["figures"].append({"name": what.upper(), "value": round(q[what], 4 if what == "kid" else 2),
@@ -182,6 +183,8 @@ def main() -> int:
     p.add_argument("--fid-n", type=int, default=10_000)
     add_sampler_options(p)  # genzoo sample's flags (--sampler, --steps, --guidance, --temperature, ...)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the packed model is scored (default cpu; the card names the machine either way)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,7 +207,8 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     card = {"name": args.name, "family": config.family, "kind": summary["kind"], "dataset": config.train.dataset,
             "command": args.command, "genzoo_version": __version__, "commit": commit,
-            "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3), "steps": summary["steps"],
+            "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3), "device": summary.get("device", "cpu"),
+            "steps": summary["steps"],
             "epochs": summary["epochs_completed"], "parameters": summary["parameters"],
             "machine": describe_machine(), "date": datetime.date.today().isoformat(), "figures": []}
     release = get_family(config.family).for_release  # what of the run ships (the EBM: a few chains of its buffer)

@@ -140,8 +140,11 @@ def describe_machine() -> dict:
         isa = [flag for flag in ISA_FLAGS if flag in flags]
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+    machine = {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():  # a figure measured beside a GPU names it (whether or not the GPU did the work)
+        machine["gpu"] = torch.cuda.get_device_name(0)
+    return machine
 
 
 def machine_line(machine: dict | None = None) -> str:
@@ -149,5 +152,6 @@ def machine_line(machine: dict | None = None) -> str:
     m = machine or describe_machine()
     threads = m["torch_threads"]
     isa = f" ({', '.join(m['isa'])})" if m["isa"] else ""
+    gpu = f", {m['gpu']}" if m.get("gpu") else ""
     return (f"{m['cpu']}{isa}, {m['cores']} cores, {threads} torch thread{'s' if threads != 1 else ''}, "
-            f"torch {m['torch']}")
+            f"torch {m['torch']}{gpu}")
