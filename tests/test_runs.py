@@ -222,3 +222,31 @@ def test_a_resume_under_a_time_limit_already_spent_is_one_sentence_and_changes_n
     lines = []
     train_run(tiny_vae_config(epochs=2, time_limit=spent + 10), run, resume=True, log=lines.append)
     assert any(line.startswith(f"resuming {run} at epoch 2, step 8, after") for line in lines)
+
+
+def test_a_resumed_channels_last_network_gets_adams_moments_in_its_own_layout(tmp_path):
+    """A checkpoint stores Adam's moments contiguous; a channels-last network (the layout on a GPU in bf16) must get
+    them back in its parameters' strides, or CUDA's fused Adam refuses the first resumed step (seen on an H200)."""
+    def network():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).to(
+            memory_format=torch.channels_last)
+
+    x = torch.randn(3, 2, 9, 9).to(memory_format=torch.channels_last)
+    net = network()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net(x).square().mean().backward()
+    opt.step()
+    weight = net[0].weight
+    assert not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    runs.save_checkpoint(tmp_path / "ck.safetensors", net, None, {"model": opt}, {}, {"step": 1})
+
+    resumed = network()
+    resumed_opt = torch.optim.Adam(resumed.parameters(), lr=1e-2)
+    runs.load_checkpoint(tmp_path / "ck.safetensors", resumed, None, {"model": resumed_opt}, torch.device("cpu"))
+    for param in resumed.parameters():
+        state = resumed_opt.state[param]
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert state[name].stride() == param.stride(), name
+            torch.testing.assert_close(state[name], opt.state[dict(zip(resumed.parameters(), net.parameters()))[
+                param]][name], rtol=0, atol=0)

@@ -285,9 +285,20 @@ def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module | N
     try:
         for player, optimizer in optimizers.items():
             optimizer.load_state_dict({"state": states[player], "param_groups": param_groups[player]})
+            match_layouts(optimizer)
     except (KeyError, ValueError, RuntimeError) as e:
         raise RunError(f"{path} does not fit this run ({str(e).splitlines()[0]}).") from None
     return progress, groups["rng"]
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each state tensor of ``optimizer`` (Adam's moments) its parameter's memory layout: a checkpoint stores
+    them contiguous, a channels-last network's weights are not, and CUDA's fused Adam refuses the mix ("must have
+    same dtype, device, and layout") at the first step of a resumed run."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def checkpoint_step(path: Path) -> int | None:
