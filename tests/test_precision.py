@@ -87,6 +87,9 @@ def test_the_machine_description_reads_the_cpu_as_linux_reports_it():
     assert line == "AMD EPYC (avx2), 2 cores, 1 torch thread, torch 2.13.0+cpu"
     assert machine_line({"cpu": "X", "isa": [], "cores": 16, "torch_threads": 8, "torch": "2"}) == \
         "X, 16 cores, 8 torch threads, torch 2"
+    assert machine_line({"cpu": "X", "isa": [], "cores": 16, "torch_threads": 8, "torch": "2", "gpu": "H200"}) == \
+        "X, 16 cores, 8 torch threads, torch 2, H200"
+    assert ("gpu" in m) == torch.cuda.is_available()
 
 
 KEPT_MEMORY_PROBE = """

@@ -491,13 +491,13 @@ def cmd_zoo(args) -> int:
     if not models:
         print("no zoo models in this installation")
         return 0
-    print(f"{'name':<22} {'family':<9} {'kind':<13} {'data':<14} {'size':>7} {'CPU h':>6}  figures")
+    print(f"{'name':<22} {'family':<9} {'kind':<13} {'data':<14} {'size':>7} {'hours':>10}  figures")
     for name in models:
         card = zoo.read_card(name)
         figures = "; ".join(" ".join(filter(None, (f["name"], f"{f['value']:g}", f["unit"]))) + f" (n={f['n']:,})"
                             for f in card.get("figures", []))
         print(f"{name:<22} {card['family']:<9} {card['kind']:<13} {card['dataset']:<14} "
-              f"{models[name]['bytes'] / 1e6:>5.1f}MB {card['cpu_hours']:>6.2f}  {figures}")
+              f"{models[name]['bytes'] / 1e6:>5.1f}MB {'%.2f %s' % zoo.training_hours(card):>10}  {figures}")
     print("use as: genzoo sample zoo:NAME, genzoo eval zoo:NAME, genzoo.load_run('zoo:NAME'); "
           "genzoo zoo NAME shows a model card")
     return 0

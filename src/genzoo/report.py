@@ -113,7 +113,8 @@ def _card(card: dict) -> str:
     """A zoo model's card (as scripts/zoo_add.py writes it): how it was made, and its figures as measured on the
     shipped weights."""
     epochs = card["epochs"]
-    facts = (f"{card['cpu_hours']:.2f} CPU-hours, {card['steps']:,} steps, {epochs} epoch{'s' * (epochs != 1)}, on "
+    hours, unit = zoo.training_hours(card)
+    facts = (f"{hours:.2f} {unit}-hours, {card['steps']:,} steps, {epochs} epoch{'s' * (epochs != 1)}, on "
              f"{machine_line(card['machine'])}; genzoo {card['genzoo_version']} at commit {card['commit'][:10]}, "
              f"{card['date']}.")
     rows = [[f["name"], f"{f['value']:g}" + (f" ± {f['stderr']:g}" if "stderr" in f else ""), f["unit"],

@@ -44,7 +44,7 @@ def row(family: str, run_dir: Path, summary: dict, fid: dict) -> dict:
             "fid_reference_view": fid["reference_view"],
             "train_minutes": summary["train_wall_time_s"] / 60, "epochs": summary["epochs_completed"],
             "samples_per_s": fid["samples_per_s"], "parameters": summary["parameters"],
-            "fid_sampler": fid.get("sampler") or {}}
+            "fid_sampler": fid.get("sampler") or {}, "device": summary.get("device", "cpu")}
 
 
 def format_nll(nll: dict) -> str:
@@ -63,7 +63,7 @@ def leaderboard_markdown(table: dict) -> str:
     from_zoo = bool(rows) and all(zoo.is_zoo(r.get("run")) for r in rows)
     origin = ("Every model is the zoo's: `genzoo zoo NAME` shows its card (the training command, genzoo commit, "
               "machine and date); its shipped scores are reused and 'train min' is the minutes its training "
-              "took. " if from_zoo else
+              "took ('(GPU)': trained and sampled on a GPU, the others on CPUs). " if from_zoo else
               f"Each family trained with its preset within {table['budget_minutes']:g} minutes, unless its "
               "finished run was reused (listed below). ")
     lines = [f"# genzoo leaderboard: {table['dataset']}", "",
@@ -79,10 +79,11 @@ def leaderboard_markdown(table: dict) -> str:
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         name = f"{r['family']} (`{r['run']}`)" if from_zoo else r["family"]
+        gpu = " (GPU)" if r.get("device", "cpu").startswith("cuda") else ""  # minutes and rates of another kind
         lines.append(f"| {name} | {r['kind']} | {r['view']} | {format_nll(r['nll'])} | {r['fid']:.2f} | "
                      f"{r['kid']:.3g} (± {r['kid_stderr']:.2g}) | {r['fid_samples']} | "
                      f"{r['fid_reference_view']} view{sampler_note(r.get('fid_sampler'))} | "
-                     f"{r['epochs']} | {r['train_minutes']:.1f} | {r['samples_per_s']:.1f} |")
+                     f"{r['epochs']} | {r['train_minutes']:.1f}{gpu} | {r['samples_per_s']:.1f}{gpu} |")
     for f in table.get("floor", []):
         ref = f["reference_view"]
         lines.append(f"| *training images* | data | {ref} | — | {f['fid']:.2f} | {f['kid']:.3g} "

@@ -104,6 +104,12 @@ def restore_precision(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return {k: v.to(own[k].dtype) if k in own and v.dtype == torch.float16 else v for k, v in tensors.items()}
 
 
+def training_hours(card: dict) -> tuple[float, str]:
+    """What a model's training cost, from its card: (hours, "CPU" or "GPU"). The card's ``cpu_hours`` is the wall
+    time of training on its ``device`` (a card without one was trained on a CPU)."""
+    return card["cpu_hours"], ("CPU" if card.get("device", "cpu") == "cpu" else "GPU")
+
+
 def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: str | None = None,
          results: dict[str, dict] | None = None, release: Callable[[dict, dict], tuple[dict, dict]] | None = None
          ) -> dict:
