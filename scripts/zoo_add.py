@@ -21,6 +21,13 @@ measures the likelihood of the shipped model NAME again (e.g. on all 10,000 test
 the card's likelihood figures of the same name and unit are replaced, the others (FID, KID, an ODE NLL not
 measured again) kept; the card records the rescoring's command, machine and date.
 
+    python scripts/zoo_add.py --repack NAME --storage int8 [--iwae-k 1000] [--fid-n 10000] [sampler flags]
+
+stores zoo model NAME's weights again as --storage (int8: the large weights in 8 bits with a scale per output
+unit, to keep the zoo small) and measures on that copy again what the card had measured with --eval-n/--iwae-k and
+--fid-n (give the card's sampler flags): its likelihood and FID/KID figures are replaced, any other kept; the card
+records the repack's command, machine and date. The entry is replaced only once every figure is in.
+
     python scripts/zoo_add.py --refit-prior NAME --components 20 [--fid-n 10000]
 
 gives the shipped VAE NAME a sampling mixture of K Gaussians fitted to its training images' posterior means
@@ -123,6 +130,33 @@ def rescore(name: str, args) -> int:
     return 0
 
 
+def repack(name: str, stored_as: str, args) -> int:
+    """Store zoo model ``name``'s weights as ``stored_as`` and measure its figures again on the stored copy, before
+    the zoo's entry is replaced."""
+    run = runs.load_run(zoo.PREFIX + name)  # verified against the index before anything is rewritten
+    folder = zoo.ROOT / name
+    card = storage.read_json(folder / zoo.CARD)
+    with tempfile.TemporaryDirectory(prefix="zoo-repack-") as staging:
+        source = Path(staging) / "run"  # the entry as a run folder of fp32 weights (restored from their storage)
+        shutil.copytree(folder, source)
+        storage.save_tensors(source / zoo.WEIGHTS, run.model.state_dict())
+        zoo.pack(source, name, card, root=Path(staging) / "zoo", stored_as=stored_as)
+        measured = dict(card, figures=[])
+        results = score(runs.load_run(Path(staging) / "zoo" / name), argparse.Namespace(**{**vars(args), "run": source}),
+                        measured)
+        again = {(f["name"], f["unit"]) for f in measured["figures"]}
+        card["figures"] = measured["figures"] + [f for f in card["figures"] if (f["name"], f["unit"]) not in again]
+        card.setdefault("rescored", []).append({"command": "python scripts/zoo_add.py " + " ".join(sys.argv[1:]),
+                                                "what": f"weights stored as {stored_as}; the figures above measured "
+                                                        f"on that copy",
+                                                "machine": describe_machine(),
+                                                "date": datetime.date.today().isoformat()})
+        zoo.pack(source, name, card, results=results, stored_as=stored_as)
+    print(f"zoo:{name}: stored as {stored_as}, {zoo.read_index()[name]['bytes'] / 1e6:.1f} MB; "
+          + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})" for f in measured["figures"]))
+    return 0
+
+
 def refit_prior(name: str, components: int, args) -> int:
     """Give zoo VAE ``name`` a sampling mixture of ``components`` Gaussians (its weights unchanged), then redraw
     its pictures and measure FID/KID again, on the packed copy, before the zoo's entry is replaced."""
@@ -138,7 +172,8 @@ def refit_prior(name: str, components: int, args) -> int:
         stage = Path(staging) / name
         shutil.copytree(folder, stage)
         storage.write_json(stage / runs.CONFIG, cfg.to_json())
-        storage.save_tensors(stage / zoo.WEIGHTS, zoo.half_weights(model.state_dict()), {"storage_dtype": zoo.HALF})
+        stored_as = storage.load_tensors(folder / zoo.WEIGHTS)[1].get("storage_dtype", zoo.HALF)  # kept as it was
+        storage.save_tensors(stage / zoo.WEIGHTS, *zoo.stored_weights(model.state_dict(), stored_as))
         packed = runs.load_run(stage)  # what users will load: the mixture in half precision too
         card = storage.read_json(stage / zoo.CARD)
         card["figures"] = [f for f in card["figures"] if f["name"] not in ("FID", "KID")]
@@ -165,6 +200,9 @@ def main() -> int:
     p.add_argument("name", nargs="?")
     p.add_argument("--redraw", metavar="NAME", help="only redraw the pictures of this zoo model")
     p.add_argument("--rescore", metavar="NAME", help="only measure the likelihood of this zoo model again")
+    p.add_argument("--repack", metavar="NAME", help="store this zoo model's weights as --storage and score it again")
+    p.add_argument("--storage", default=zoo.HALF, choices=(zoo.HALF, zoo.INT8),
+                   help="how the weights are stored (default float16; int8 for the large weights of the largest)")
     p.add_argument("--refit-prior", metavar="NAME", help="give this zoo VAE a sampling mixture of --components "
                                                           "Gaussians, and measure its FID/KID again")
     p.add_argument("--components", type=int, default=20, help="--refit-prior's mixture components")
@@ -191,6 +229,8 @@ def main() -> int:
     cpu = torch.device("cpu")
     if args.rescore:
         return rescore(args.rescore.removeprefix(zoo.PREFIX), args)
+    if args.repack:
+        return repack(args.repack.removeprefix(zoo.PREFIX), args.storage, args)
     if args.refit_prior:
         return refit_prior(args.refit_prior.removeprefix(zoo.PREFIX), args.components, args)
     if args.redraw:
@@ -215,9 +255,9 @@ def main() -> int:
     # the figures are measured on the packed weights, packed first into a staging folder: the zoo's entry is
     # replaced only once they are all measured, so an interrupted scoring leaves the shipped model as it was
     with tempfile.TemporaryDirectory(prefix="zoo-add-") as staging:
-        zoo.pack(args.run, args.name, card, root=Path(staging), release=release)
+        zoo.pack(args.run, args.name, card, root=Path(staging), release=release, stored_as=args.storage)
         results = score(runs.load_run(Path(staging) / args.name), args, card)
-    zoo.pack(args.run, args.name, card, results=results, release=release)
+    zoo.pack(args.run, args.name, card, results=results, release=release, stored_as=args.storage)
     print(f"zoo:{args.name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})"
                                             for f in card["figures"]))
     return 0

@@ -52,6 +52,43 @@ def test_a_packed_model_is_the_run_in_half_precision(root, finished_run):
     torch.testing.assert_close(b, a, rtol=2e-3, atol=0.05)  # half storage moves the bound by little
 
 
+def test_8_bit_storage_moves_each_weight_by_at_most_half_a_step_of_its_output_units_scale():
+    torch.manual_seed(0)
+    own = {"net.0.weight": torch.randn(64, 3, 5, 5) * torch.logspace(-4, 0, 64).reshape(64, 1, 1, 1),
+           "net.0.bias": torch.randn(64), "small.weight": torch.randn(4, 4), "prior_scale_tril": torch.randn(20, 50, 50),
+           "steps": torch.arange(3)}
+    stored, meta = zoo.stored_weights(own, zoo.INT8)
+    assert meta == {"storage_dtype": "int8"}
+    assert stored["net.0.weight"].dtype == torch.int8 and stored["net.0.weight#scale"].shape == (64,)
+    assert stored["net.0.bias"].dtype == stored["small.weight"].dtype == stored["prior_scale_tril"].dtype == torch.float16
+    assert stored["steps"].dtype == torch.int64
+    restored = zoo.restore_precision(stored, meta, own)
+    assert set(restored) == set(own) and all(restored[k].dtype == own[k].dtype for k in own)
+    step = own["net.0.weight"].abs().amax(dim=(1, 2, 3)) / 127  # each output unit's own scale, 1e-4 to 1 apart
+    error = (restored["net.0.weight"] - own["net.0.weight"]).abs().amax(dim=(1, 2, 3))
+    assert (error <= step * (0.5 + 1e-5)).all() and (error > step / 4).any()  # half a step, and float rounding
+    torch.testing.assert_close(restored["net.0.bias"], own["net.0.bias"].half().float(), rtol=0, atol=0)
+    torch.testing.assert_close(restored["steps"], own["steps"], rtol=0, atol=0)
+
+
+def test_a_model_packed_in_8_bits_loads_smaller_and_close_to_the_run(root, finished_run):
+    zoo.pack(finished_run, "tiny-vae-8bit", CARD, stored_as=zoo.INT8)
+    index = zoo.read_index()
+    assert index["tiny-vae-8bit"]["bytes"] < index["tiny-vae"]["bytes"]
+    original, fromzoo = runs.load_run(finished_run), runs.load_run("zoo:tiny-vae-8bit")
+    assert all(t.dtype == torch.float32 for t in fromzoo.model.state_dict().values())
+    x = torch.randint(0, 2, (16, 1, 28, 28)).float()
+    torch.manual_seed(0)
+    a = original.model.elbo(x)
+    torch.manual_seed(0)
+    b = fromzoo.model.elbo(x)
+    torch.testing.assert_close(b, a, rtol=1e-2, atol=0.5)  # 8 bits move the bound by little, and measurably
+    assert not torch.equal(a, b)
+    with pytest.raises(ConfigError, match="unknown zoo storage 'int4'"):
+        zoo.pack(finished_run, "tiny-vae-4bit", CARD, stored_as="int4")
+    assert not (root / "tiny-vae-4bit").exists()
+
+
 def test_a_damaged_or_substituted_file_is_refused_in_one_sentence(root, run_cli):
     weights = root / "tiny-vae" / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -238,6 +275,33 @@ def test_zoo_add_scores_the_packed_copy_and_an_interrupted_scoring_leaves_the_sh
     assert scored["n_examples"] == 32 and [f["value"] for f in card["figures"] if f["name"] == "-ELBO"] == [
         round(scored["neg_elbo_nats"], 3)]
     assert runs.load_run("zoo:tiny-vae").model is not None  # the index vouches for the new files
+
+
+def test_a_repack_in_8_bits_measures_the_stored_copy_again_and_keeps_the_figures_it_did_not(root, monkeypatch):
+    zoo_add = load_zoo_add()
+    card = json.loads((root / "tiny-vae" / "card.json").read_text())
+    card["figures"] = [{"name": "-ELBO", "value": 1.0, "unit": "nats", "n": 5, "reference": "mnist test"},
+                       {"name": "NLL (ODE)", "value": 2.0, "unit": "nats", "n": 5, "reference": "mnist test"}]
+    (root / "tiny-vae" / "card.json").write_text(json.dumps(card))
+    zoo.reindex("tiny-vae")
+    half = runs.load_run("zoo:tiny-vae").model.state_dict()
+    monkeypatch.setattr("sys.argv", ["zoo_add.py", "--repack", "zoo:tiny-vae", "--storage", "int8", "--eval-n", "32",
+                                     "--iwae-k", "2", "--fid-n", "0", "--threads", "1"])
+    assert zoo_add.main() == 0
+    stored, meta = storage.load_tensors(root / "tiny-vae" / "model.safetensors")
+    assert meta["storage_dtype"] == "int8" and any(t.dtype == torch.int8 for t in stored.values())
+    card = json.loads((root / "tiny-vae" / "card.json").read_text())
+    scored = json.loads((root / "tiny-vae" / runs.eval_file("test")).read_text())
+    figures = {f["name"]: f for f in card["figures"]}
+    assert figures["-ELBO"]["value"] == round(scored["neg_elbo_nats"], 3) and figures["-ELBO"]["n"] == 32
+    assert figures["NLL (ODE)"]["value"] == 2.0  # not measured again: kept
+    assert "stored as int8" in card["rescored"][-1]["what"] and "--repack" in card["rescored"][-1]["command"]
+    repacked = runs.load_run("zoo:tiny-vae").model.state_dict()  # the index vouches for the new files
+    for name, weight in half.items():
+        scale = stored.get(name + "#scale")
+        if scale is not None:
+            bound = scale.reshape(-1, *[1] * (weight.dim() - 1)) * (0.5 + 1e-5)  # half a step, and float rounding
+            assert ((repacked[name] - weight).abs() <= bound).all(), name
 
 
 def test_the_ebm_ships_a_few_chains_of_its_replay_buffer(tmp_path, monkeypatch):

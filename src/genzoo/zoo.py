@@ -1,7 +1,8 @@
 """The zoo: trained models that ship with genzoo, named ``zoo:NAME`` wherever a run folder is accepted.
 
 A zoo model is a run folder without its training checkpoint: config.json, model.safetensors (floating tensors
-stored in half precision; loading restores the model's own precision), the run's summary, evaluations and
+stored in half precision, or the large ones in 8 bits with a scale per output unit; loading restores the model's
+own precision), the run's summary, evaluations and
 pictures, and card.json, its model card (the training command, version, commit, CPU time, machine, date, and the
 figures with their n, reference and units). ``index.json`` beside the models lists, for each, the SHA-256 of every
 file; every file is checked against it each time the model is opened, so a damaged or substituted file is
@@ -31,6 +32,9 @@ INDEX = "index.json"
 CARD = "card.json"
 WEIGHTS = "model.safetensors"  # (runs.MODEL; the zoo sits below runs and names it itself)
 HALF = "float16"  # the storage precision of the weights, said in the safetensors metadata "storage_dtype"
+INT8 = "int8"  # the large matrices and kernels in 8 bits with a scale per output slice, the rest in half precision
+SCALE = "#scale"  # the key suffix of an 8-bit tensor's scales (no module's state has a '#')
+INT8_MIN_VALUES = 4096  # smaller tensors (biases, norms, small kernels) stay in half precision
 
 
 def is_zoo(name: str | Path) -> bool:
@@ -95,13 +99,52 @@ def half_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
+def int8_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every weight of 2 or more dimensions and ``INT8_MIN_VALUES`` or more values (linear and convolution
+    weights; not buffers such as a fitted prior's Cholesky factors) as int8 q with one float32 scale per slice of its first dimension (an output unit): w ≈ q · scale,
+    scale = max |w| / 127 over the slice, stored as NAME#scale; the rest in half precision. Each weight moves by at
+    most half a scale step; the zoo measures a model's figures on these stored weights, not on the run's."""
+    out = {}
+    for key, value in tensors.items():
+        if (key.endswith(("weight", "weight_orig")) and value.is_floating_point() and value.dim() >= 2
+                and value.numel() >= INT8_MIN_VALUES):
+            flat = value.detach().float().reshape(value.shape[0], -1)
+            scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+            out[key] = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(value.shape)
+            out[key + SCALE] = scale
+        else:
+            out[key] = value.half() if value.is_floating_point() else value
+    return out
+
+
+def stored_weights(tensors: dict[str, torch.Tensor], stored_as: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and safetensors metadata of weights stored as ``stored_as`` (HALF or INT8)."""
+    if stored_as == HALF:
+        return half_weights(tensors), {"storage_dtype": HALF}
+    if stored_as == INT8:
+        return int8_weights(tensors), {"storage_dtype": INT8}
+    raise ConfigError(f"unknown zoo storage '{stored_as}'; use {HALF} or {INT8}.")
+
+
 def restore_precision(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                       own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights stored in half precision (metadata storage_dtype = float16) cast back to the dtype of the model's
-    own tensors ``own``; any other file is returned as it is (and then checked strictly)."""
-    if metadata.get("storage_dtype") != HALF:
+    """Weights stored in half precision or 8 bits (metadata storage_dtype = float16 or int8) restored to the dtype
+    of the model's own tensors ``own`` (8-bit ones as q · scale); any other file is returned as it is (and then
+    checked strictly)."""
+    storage = metadata.get("storage_dtype")
+    if storage not in (HALF, INT8):
         return tensors
-    return {k: v.to(own[k].dtype) if k in own and v.dtype == torch.float16 else v for k, v in tensors.items()}
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(SCALE) and storage == INT8:
+            continue
+        if storage == INT8 and value.dtype == torch.int8 and key + SCALE in tensors:
+            scale = tensors[key + SCALE]
+            value = value.float() * scale.reshape(-1, *[1] * (value.dim() - 1))
+        if key in own and value.is_floating_point():
+            value = value.to(own[key].dtype)
+        out[key] = value
+    return out
 
 
 def training_hours(card: dict) -> tuple[float, str]:
@@ -111,8 +154,8 @@ def training_hours(card: dict) -> tuple[float, str]:
 
 
 def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: str | None = None,
-         results: dict[str, dict] | None = None, release: Callable[[dict, dict], tuple[dict, dict]] | None = None
-         ) -> dict:
+         results: dict[str, dict] | None = None, release: Callable[[dict, dict], tuple[dict, dict]] | None = None,
+         stored_as: str = HALF) -> dict:
     """Copy a finished run folder into the zoo as ``name``: weights in half precision, the run's JSON and pictures,
     ``card`` as card.json, and ``results`` ({file name: JSON}, e.g. the scores of the packed weights, which replace
     the run's files of the same name); then (re)write the index entry with every file's SHA-256. ``release`` (the
@@ -122,15 +165,16 @@ def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: st
     run_dir = Path(run_dir)
     if not (run_dir / WEIGHTS).is_file() or not (run_dir / "summary.json").is_file():
         raise RunError(f"{run_dir} is not a finished run folder (it needs {WEIGHTS} and summary.json).")
-    folder = root / name
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
     tensors, _ = storage.load_tensors(run_dir / WEIGHTS)
     config = storage.read_json(run_dir / "config.json")
     if release is not None:
         tensors, config["model"] = release(tensors, config["model"])
-    storage.save_tensors(folder / WEIGHTS, half_weights(tensors), {"storage_dtype": HALF})
+    stored = stored_weights(tensors, stored_as)  # an unknown storage is refused before the entry is touched
+    folder = root / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    storage.save_tensors(folder / WEIGHTS, *stored)
     storage.write_json(folder / "config.json", config)
     kept = ["summary.json"] + sorted(p.name for p in run_dir.glob("eval-*.json"))
     kept += sorted(p.name for p in run_dir.glob("*.png"))
