@@ -142,8 +142,8 @@ def repack(name: str, stored_as: str, args) -> int:
         storage.save_tensors(source / zoo.WEIGHTS, run.model.state_dict())
         zoo.pack(source, name, card, root=Path(staging) / "zoo", stored_as=stored_as)
         measured = dict(card, figures=[])
-        results = score(runs.load_run(Path(staging) / "zoo" / name), argparse.Namespace(**{**vars(args), "run": source}),
-                        measured)
+        packed = runs.load_run(Path(staging) / "zoo" / name)
+        results = score(packed, argparse.Namespace(**{**vars(args), "run": source}), measured)
         again = {(f["name"], f["unit"]) for f in measured["figures"]}
         card["figures"] = measured["figures"] + [f for f in card["figures"] if (f["name"], f["unit"]) not in again]
         card.setdefault("rescored", []).append({"command": "python scripts/zoo_add.py " + " ".join(sys.argv[1:]),

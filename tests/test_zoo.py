@@ -201,11 +201,8 @@ def test_every_shipped_model_loads_and_samples(name):
     assert x.shape[0] == 2 and torch.isfinite(x).all() and 0 <= x.min() and x.max() <= 1
 
 
-# The zoo issue (#15) asks for at most 30 MB. Since session 19 the zoo holds the 64-channel PixelCNN and RealNVP
-# that met #14's figures (3.8 and 5.3 MB in half precision, against 0.6 and 1.3 MB before): 35.7 MB, over that
-# target by 5.7 MB, said so in BENCHMARKS.md. This ceiling keeps it from growing further unnoticed; coming back
-# under 30 MB (8-bit storage of the large matrices, re-measured; or entries fetched by URL) is #15's open item.
-ZOO_CEILING_MB = 36
+# #15: at most 30 MB. The largest entries store their large weights in 8 bits (zoo.INT8) to stay under it.
+ZOO_CEILING_MB = 30
 
 
 def test_the_shipped_zoo_stays_small():

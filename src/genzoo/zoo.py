@@ -100,10 +100,11 @@ def half_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def int8_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every weight of 2 or more dimensions and ``INT8_MIN_VALUES`` or more values (linear and convolution
-    weights; not buffers such as a fitted prior's Cholesky factors) as int8 q with one float32 scale per slice of its first dimension (an output unit): w ≈ q · scale,
-    scale = max |w| / 127 over the slice, stored as NAME#scale; the rest in half precision. Each weight moves by at
-    most half a scale step; the zoo measures a model's figures on these stored weights, not on the run's."""
+    """Every weight of 2 or more dimensions and ``INT8_MIN_VALUES`` or more values (linear and convolution weights;
+    not buffers such as a fitted prior's Cholesky factors) as int8 q with one float32 scale per slice of its first
+    dimension (an output unit): w ≈ q · scale, scale = max |w| / 127 over the slice, stored as NAME#scale; the rest
+    in half precision. Each weight moves by at most half a scale step; the zoo measures a model's figures on these
+    stored weights, not on the run's."""
     out = {}
     for key, value in tensors.items():
         if (key.endswith(("weight", "weight_orig")) and value.is_floating_point() and value.dim() >= 2
