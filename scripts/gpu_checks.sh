@@ -11,16 +11,19 @@
 # `cat runs.tar.gz.part-* | tar -xz`): the run folders (a finished likelihood run's weights, an unfinished one's
 # checkpoint to resume on a CPU), and the zoo entries packed from the finished ones.
 # Steps:
-#   1. the likelihood runs start at once in the background, sharing the GPU with the checks (each alone uses a
-#      fraction of it): #14's 64-channel 12-layer PixelCNN (binarised MNIST, nats) and its 256-way softmax head
-#      (8-bit MNIST, bits/dim), and RealNVP with 64-channel coupling nets, ActNorm and variational dequantisation;
-#      12 epochs each (cosine), scored at the end on all 10,000 test images
+#   1. the long runs start at once in the background, sharing the GPU with the checks (each alone uses a fraction
+#      of it): what session 19 left open -- the 64 x 12 PixelCNN with the 256-way head for 20 epochs (#14: <= 0.95
+#      bits/dim), the EBM's zoo recipe for 12 epochs (#15: FID <= 250; zoo:ebm-mnist had 7 CPU epochs), the
+#      64-channel RealNVP with uniform dequantisation (what the variational one added); each scored on all 10,000
+#      test images where it has a likelihood
 #   2. the machine: nvidia-smi, torch, whether bf16 is supported (what --precision auto picks)
 #   3. genzoo train vae / ddpm (compiled: triton) / flow / gan --device cuda, a few hundred steps each
 #   4. torchrun with the NCCL backend (step train-ddpm-ddp): 1 process on the GPU, the DDP path under NCCL
 #   5. the zoo on CUDA: genzoo sample zoo:ddpm-mnist (DPM-Solver++ 20 steps), zoo:flow-mnist, zoo:pixelcnn-mnist
-#   6. each finished likelihood run packed into the zoo on the GPU (scripts/zoo_add.py --device cuda: the packed
-#      weights' NLL on all test images, FID/KID of 10,000 samples); RealNVP also with 8 dequantisation draws
+#   6. the EBM packed into the zoo on the GPU as ebm-mnist-gpu (scripts/zoo_add.py --device cuda: FID/KID of
+#      10,000 samples of the packed weights), even if its time limit cut it
+# Session 19's first call ran this with the runs of #14 then open (`bash scripts/gpu_checks.sh $OUT 9.5 3.5`):
+# every step passed; a resumed run then needed the layout mend of runs.match_layouts. BENCHMARKS.md has it all.
 set -u
 OUT=${1:?give the output folder}
 MINUTES=${2:-9}
@@ -58,18 +61,22 @@ finished() {  # finished RUN: the run's summary says it trained to its end
   $PY -c "import json,sys; sys.exit(0 if json.load(open('$1/summary.json')).get('finished') else 1)" 2>/dev/null
 }
 
-# 1. the likelihood runs, in the background from the start; their time limit leaves the scoring its minutes
+# 1. the long runs, in the background from the start; their time limit leaves the scoring its minutes. Session 19
+#    ran #14's PixelCNN 64 x 12 and RealNVP 64 here (both now in the zoo); these are what it left open:
+#    the 256-way head to its end (<= 0.95 bits/dim), the EBM's zoo recipe past the 7 CPU epochs of zoo:ebm-mnist
+#    (FID <= 250), and the 64-channel RealNVP with uniform dequantisation (what the variational one added)
 LIMIT=$(awk "BEGIN { print int($LONG_MINUTES * 60 + 150) }")  # training, then the final evaluation on all test images
-LONG="--device $DEVICE --epochs ${LONG_EPOCHS:-12} --time-limit $LONG_MINUTES --eval-n 0 --final-eval full"
+LONG="--device $DEVICE --time-limit $LONG_MINUTES --eval-n 0"
 REHEARSAL=${REHEARSAL:-}  # e.g. "--subset 512" to rehearse on a CPU
-background pixelcnn-large $LIMIT $PY -m genzoo train pixelcnn $LONG --channels 64 --layers 12 $REHEARSAL \
-  --out "$OUT/runs/pixelcnn-large"
-background pixelcnn-softmax $LIMIT $PY -m genzoo train pixelcnn $LONG --head softmax --channels 64 --layers 12 \
-  $REHEARSAL --out "$OUT/runs/pixelcnn-softmax"
-background realnvp-large $LIMIT $PY -m genzoo train realnvp $LONG --hidden 64 --actnorm true \
-  --dequantisation variational $REHEARSAL --out "$OUT/runs/realnvp-large"
+background pixelcnn-softmax $LIMIT $PY -m genzoo train pixelcnn $LONG --final-eval full --head softmax --channels 64 \
+  --layers 12 --epochs ${SOFTMAX_EPOCHS:-20} $REHEARSAL --out "$OUT/runs/pixelcnn-softmax"
+background ebm-zoo $LIMIT $PY -m genzoo train ebm $LONG --final-eval skip --preset zoo --epochs ${EBM_EPOCHS:-12} \
+  $REHEARSAL --out "$OUT/runs/ebm-zoo"
+background realnvp-uniform $LIMIT $PY -m genzoo train realnvp $LONG --final-eval full --hidden 64 --actnorm true \
+  --epochs 12 $REHEARSAL --out "$OUT/runs/realnvp-uniform"
 
-# 2-5. the checks
+# 2-5. the checks (SKIP_CHECKS=1: only the long runs, to rehearse them on a CPU)
+if [ -z "${SKIP_CHECKS:-}" ]; then
 step machine 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c \"
 import torch, platform
 print('torch', torch.__version__, 'python', platform.python_version(), 'cuda', torch.version.cuda)
@@ -90,24 +97,15 @@ step zoo-ddpm 60 $PY -m genzoo sample zoo:ddpm-mnist --device $DEVICE --class 3 
   --out "$OUT/runs/zoo-ddpm-3s.png"
 step zoo-flow 60 $PY -m genzoo sample zoo:flow-mnist --device $DEVICE --n 64 --out "$OUT/runs/zoo-flow.png"
 step zoo-pixelcnn 60 $PY -m genzoo sample zoo:pixelcnn-mnist --device $DEVICE --n 64 --out "$OUT/runs/zoo-pixelcnn.png"
+fi
 
-# 6. the finished likelihood runs into the zoo, scored on the GPU within what is left (a minute kept for packing)
+# 6. the EBM into the zoo, scored on the GPU within what is left (a minute kept for packing)
 wait_jobs
 budget=$(( $(left) - 60 ))
 echo "=== scoring with ${budget}s left"
-if [ "$budget" -gt 30 ]; then
-  if finished "$OUT/runs/pixelcnn-large"; then
-    background zoo-pixelcnn-large $budget $PY scripts/zoo_add.py "$OUT/runs/pixelcnn-large" pixelcnn-mnist-large \
-      --device $DEVICE --fid-n ${FID_N:-10000} \
-      --command "genzoo train pixelcnn $LONG --channels 64 --layers 12 --out runs/pixelcnn-large"
-  fi
-  if finished "$OUT/runs/realnvp-large"; then
-    background zoo-realnvp-large $budget $PY scripts/zoo_add.py "$OUT/runs/realnvp-large" realnvp-mnist-large \
-      --device $DEVICE --fid-n ${FID_N:-10000} --command "genzoo train realnvp $LONG --hidden 64 --actnorm true \
---dequantisation variational --out runs/realnvp-large"
-    background realnvp-draws8 $budget $PY -m genzoo eval "$OUT/runs/realnvp-large" --device $DEVICE \
-      --dequant-draws 8 --n 0
-  fi
+if [ "$budget" -gt 30 ] && [ -f "$OUT/runs/ebm-zoo/model.safetensors" ]; then  # packed even if the time cut it
+  background zoo-ebm $budget $PY scripts/zoo_add.py "$OUT/runs/ebm-zoo" ebm-mnist-gpu --device $DEVICE \
+    --fid-n ${FID_N:-10000} --command "genzoo train ebm $LONG --preset zoo --epochs ${EBM_EPOCHS:-12} --out runs/ebm-zoo"
   wait_jobs
 fi
 for log in "$OUT"/bg/*.log; do echo "##### $log"; tail -n 40 "$log"; done
@@ -134,14 +132,16 @@ EOF
 # and of the quick runs only their JSON and pictures; in parts of 15 MB (a file comes back only under 16 MiB)
 for run in "$OUT"/runs/*/; do
   case "$run" in
-    */pixelcnn-large/|*/pixelcnn-softmax/|*/realnvp-large/)
-      if finished "$run"; then rm -f "$run/checkpoint.safetensors"; else rm -f "$run/model.safetensors"; fi
-      case "$run" in */pixelcnn-softmax/) finished "$run" || rm -f "$run/checkpoint.safetensors" ;; esac ;;  # 64 MiB
+    */pixelcnn-softmax/|*/realnvp-uniform/|*/ebm-zoo/)  # a finished run's weights, an unfinished one's checkpoint
+      if finished "$run"; then rm -f "$run/checkpoint.safetensors"; else rm -f "$run/model.safetensors"; fi ;;
     *) rm -f "$run"/*.safetensors ;;
   esac
 done
+for ckpt in realnvp-uniform pixelcnn-softmax ebm-zoo; do  # what comes back is at most 64 MiB in all
+  [ "$(du -sb "$OUT/runs" | cut -f1)" -gt 58000000 ] && rm -f "$OUT/runs/$ckpt/checkpoint.safetensors"
+done
 mkdir -p "$OUT/runs/zoo"
-for entry in src/genzoo/weights/zoo/*-large; do [ -d "$entry" ] && cp -r "$entry" "$OUT/runs/zoo/"; done
+for entry in src/genzoo/weights/zoo/*-gpu; do [ -d "$entry" ] && cp -r "$entry" "$OUT/runs/zoo/"; done
 mv "$OUT/bg" "$OUT/runs/logs" 2>/dev/null
 tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs" "$OUT/steps.tsv"
 split -b 15000000 "$OUT/runs.tar.gz" "$OUT/runs.tar.gz.part-" && rm "$OUT/runs.tar.gz"
