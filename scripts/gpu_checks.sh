@@ -15,7 +15,8 @@
 #      of it): what session 19 left open -- the 64 x 12 PixelCNN with the 256-way head for 20 epochs (#14: <= 0.95
 #      bits/dim), the EBM's zoo recipe for 12 epochs (#15: FID <= 250; zoo:ebm-mnist had 7 CPU epochs), the
 #      64-channel RealNVP with uniform dequantisation (what the variational one added); each scored on all 10,000
-#      test images where it has a likelihood
+#      test images where it has a likelihood; and the zoo's flow-fashion and ddpm-mnist rescored by the ODE on all
+#      10,000 test images (their cards and evaluations come back in runs/zoo/)
 #   2. the machine: nvidia-smi, torch, whether bf16 is supported (what --precision auto picks)
 #   3. genzoo train vae / ddpm (compiled: triton) / flow / gan --device cuda, a few hundred steps each
 #   4. torchrun with the NCCL backend (step train-ddpm-ddp): 1 process on the GPU, the DDP path under NCCL
@@ -72,6 +73,11 @@ background pixelcnn-softmax $LIMIT $PY -m genzoo train pixelcnn $LONG --final-ev
   --layers 12 --epochs ${SOFTMAX_EPOCHS:-20} $REHEARSAL --out "$OUT/runs/pixelcnn-softmax"
 background ebm-zoo $LIMIT $PY -m genzoo train ebm $LONG --final-eval skip --preset zoo --epochs ${EBM_EPOCHS:-12} \
   $REHEARSAL --out "$OUT/runs/ebm-zoo"
+# the ODE likelihoods of #15 still measured on 200 test images only, now on all 10,000 (hours on a CPU thread)
+background rescore-flow-fashion $LIMIT $PY scripts/zoo_add.py --rescore flow-fashion --device $DEVICE --eval-n \
+  ${RESCORE_N:-0} --ode-tol 1e-4
+background rescore-ddpm-mnist $LIMIT $PY scripts/zoo_add.py --rescore ddpm-mnist --device $DEVICE --eval-n \
+  ${RESCORE_N:-0} --bound-t 50 --ode-tol 1e-4
 background realnvp-uniform $LIMIT $PY -m genzoo train realnvp $LONG --final-eval full --hidden 64 --actnorm true \
   --epochs 12 $REHEARSAL --out "$OUT/runs/realnvp-uniform"
 
@@ -141,7 +147,7 @@ for ckpt in realnvp-uniform pixelcnn-softmax ebm-zoo; do  # what comes back is a
   [ "$(du -sb "$OUT/runs" | cut -f1)" -gt 58000000 ] && rm -f "$OUT/runs/$ckpt/checkpoint.safetensors"
 done
 mkdir -p "$OUT/runs/zoo"
-for entry in src/genzoo/weights/zoo/*-gpu; do [ -d "$entry" ] && cp -r "$entry" "$OUT/runs/zoo/"; done
+for entry in src/genzoo/weights/zoo/*-gpu src/genzoo/weights/zoo/flow-fashion src/genzoo/weights/zoo/ddpm-mnist; do [ -d "$entry" ] && cp -r "$entry" "$OUT/runs/zoo/"; done
 mv "$OUT/bg" "$OUT/runs/logs" 2>/dev/null
 tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs" "$OUT/steps.tsv"
 split -b 15000000 "$OUT/runs.tar.gz" "$OUT/runs.tar.gz.part-" && rm "$OUT/runs.tar.gz"

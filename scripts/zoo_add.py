@@ -112,7 +112,8 @@ def rescore(name: str, args) -> int:
     """Measure zoo model ``name``'s likelihood again with ``args``' settings and update its card in place."""
     run = runs.load_run(zoo.PREFIX + name)  # verified against the index before anything is rewritten
     folder = zoo.ROOT / name
-    ev = evaluate(run.model, runs.run_data(run.config), eval_config(run, args), torch.device("cpu"), log=print,
+    device = torch.device(args.device)
+    ev = evaluate(run.model.to(device), runs.run_data(run.config), eval_config(run, args), device, log=print,
                   partial=args.partial)
     new = likelihood_figures(ev)
     if not new:
