@@ -81,6 +81,23 @@ def eval_config(run: runs.Run, args) -> EvalConfig:
                          "ode_nll": args.ode_nll})
 
 
+def replace_figures(card: dict, new: list[dict]) -> None:
+    """Put ``new`` in ``card`` in place of its figures of the same name and unit; the others are kept."""
+    again = {(f["name"], f["unit"]) for f in new}
+    card["figures"] = new + [f for f in card["figures"] if (f["name"], f["unit"]) not in again]
+
+
+def record_rescoring(card: dict, what: str | None = None) -> None:
+    """Add to ``card`` that this command measured it again: the command, ``what`` changed, the machine, the date."""
+    card.setdefault("rescored", []).append({"command": "python scripts/zoo_add.py " + " ".join(sys.argv[1:]),
+                                            **({"what": what} if what else {}), "machine": describe_machine(),
+                                            "date": datetime.date.today().isoformat()})
+
+
+def figures_line(figures: list[dict]) -> str:
+    return "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})" for f in figures)
+
+
 def score(run: runs.Run, args, card: dict, likelihood: bool = True) -> dict[str, dict]:
     """Score a packed model on the protocol of ``args`` (without ``likelihood``: FID/KID only), adding the figures
     to ``card``; returns its result files ({file name: JSON}). The pictures are drawn again into the folder
@@ -120,14 +137,12 @@ def rescore(name: str, args) -> int:
         print(f"zoo:{name}: its family has no likelihood to measure.", file=sys.stderr)
         return 2
     card = storage.read_json(folder / zoo.CARD)
-    measured = {(f["name"], f["unit"]) for f in new}
-    card["figures"] = new + [f for f in card["figures"] if (f["name"], f["unit"]) not in measured]
-    card.setdefault("rescored", []).append({"command": "python scripts/zoo_add.py " + " ".join(sys.argv[1:]),
-                                            "machine": describe_machine(), "date": datetime.date.today().isoformat()})
+    replace_figures(card, new)
+    record_rescoring(card)
     storage.write_json(folder / zoo.CARD, card)
     storage.write_json(folder / runs.eval_file("test"), ev)
     zoo.reindex(name)
-    print(f"zoo:{name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})" for f in new))
+    print(f"zoo:{name}: " + figures_line(new))
     return 0
 
 
@@ -145,16 +160,11 @@ def repack(name: str, stored_as: str, args) -> int:
         measured = dict(card, figures=[])
         packed = runs.load_run(Path(staging) / "zoo" / name)
         results = score(packed, argparse.Namespace(**{**vars(args), "run": source}), measured)
-        again = {(f["name"], f["unit"]) for f in measured["figures"]}
-        card["figures"] = measured["figures"] + [f for f in card["figures"] if (f["name"], f["unit"]) not in again]
-        card.setdefault("rescored", []).append({"command": "python scripts/zoo_add.py " + " ".join(sys.argv[1:]),
-                                                "what": f"weights stored as {stored_as}; the figures above measured "
-                                                        f"on that copy",
-                                                "machine": describe_machine(),
-                                                "date": datetime.date.today().isoformat()})
+        replace_figures(card, measured["figures"])
+        record_rescoring(card, f"weights stored as {stored_as}; the figures above measured on that copy")
         zoo.pack(source, name, card, results=results, stored_as=stored_as)
     print(f"zoo:{name}: stored as {stored_as}, {zoo.read_index()[name]['bytes'] / 1e6:.1f} MB; "
-          + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})" for f in measured["figures"]))
+          + figures_line(measured["figures"]))
     return 0
 
 
@@ -181,11 +191,8 @@ def refit_prior(name: str, components: int, args) -> int:
         results = score(packed, argparse.Namespace(**{**vars(args), "run": stage}), card, likelihood=False)
         for file, result in results.items():
             storage.write_json(stage / file, result)
-        card.setdefault("rescored", []).append({"command": "python scripts/zoo_add.py " + " ".join(sys.argv[1:]),
-                                                "what": f"sampling prior: a mixture of {components} Gaussians fitted "
-                                                        f"to the training posteriors; weights unchanged",
-                                                "machine": describe_machine(),
-                                                "date": datetime.date.today().isoformat()})
+        record_rescoring(card, f"sampling prior: a mixture of {components} Gaussians fitted to the training "
+                               f"posteriors; weights unchanged")
         storage.write_json(stage / zoo.CARD, card)
         for path in stage.iterdir():
             shutil.copy2(path, folder / path.name)
@@ -259,8 +266,7 @@ def main() -> int:
         zoo.pack(args.run, args.name, card, root=Path(staging), release=release, stored_as=args.storage)
         results = score(runs.load_run(Path(staging) / args.name), args, card)
     zoo.pack(args.run, args.name, card, results=results, release=release, stored_as=args.storage)
-    print(f"zoo:{args.name}: " + "; ".join(f"{f['name']} {f['value']} {f['unit']} (n={f['n']})"
-                                            for f in card["figures"]))
+    print(f"zoo:{args.name}: " + figures_line(card["figures"]))
     return 0
 
 

@@ -1,12 +1,11 @@
 """The zoo: trained models that ship with genzoo, named ``zoo:NAME`` wherever a run folder is accepted.
 
-A zoo model is a run folder without its training checkpoint: config.json, model.safetensors (floating tensors
-stored in half precision, or the large ones in 8 bits with a scale per output unit; loading restores the model's
-own precision), the run's summary, evaluations and
-pictures, and card.json, its model card (the training command, version, commit, CPU time, machine, date, and the
-figures with their n, reference and units). ``index.json`` beside the models lists, for each, the SHA-256 of every
-file; every file is checked against it each time the model is opened, so a damaged or substituted file is
-refused in one sentence.
+A zoo model is a run folder without its training checkpoint: config.json, model.safetensors (floating tensors stored in
+half precision, or the large ones in 8 bits with a scale per output unit; loading restores the model's own precision),
+the run's summary, evaluations and pictures, and card.json, its model card (the training command, version, commit, CPU
+time, machine, date, and the figures with their n, reference and units). ``index.json`` beside the models lists, for
+each, the SHA-256 of every file; every file is checked against it each time the model is opened, so a damaged or
+substituted file is refused in one sentence.
 
 Where the models are looked for, in order: the package (weights/zoo/NAME), then the user's cache
 (~/.cache/genzoo/zoo/NAME). An index entry with a "url" can be fetched there: each file from URL/FILE, verified
@@ -100,14 +99,14 @@ def half_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def int8_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every weight of 2 or more dimensions and ``INT8_MIN_VALUES`` or more values (linear and convolution weights;
-    not buffers such as a fitted prior's Cholesky factors) as int8 q with one float32 scale per slice of its first
-    dimension (an output unit): w ≈ q · scale, scale = max |w| / 127 over the slice, stored as NAME#scale; the rest
-    in half precision. Each weight moves by at most half a scale step; the zoo measures a model's figures on these
-    stored weights, not on the run's."""
+    """Every weight of 2 or more dimensions and ``INT8_MIN_VALUES`` or more values (linear and convolution weights; not
+    buffers such as a fitted prior's Cholesky factors, nor a spectral norm's ``weight.original``) as int8 q with one
+    float32 scale per slice of its first dimension (an output unit): w ≈ q · scale, scale = max |w| / 127 over the
+    slice, stored as NAME#scale; the rest in half precision. Each weight moves by at most half a scale step; the zoo
+    measures a model's figures on these stored weights, not on the run's."""
     out = {}
     for key, value in tensors.items():
-        if (key.endswith(("weight", "weight_orig")) and value.is_floating_point() and value.dim() >= 2
+        if (key.endswith("weight") and value.is_floating_point() and value.dim() >= 2
                 and value.numel() >= INT8_MIN_VALUES):
             flat = value.detach().float().reshape(value.shape[0], -1)
             scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
@@ -132,14 +131,14 @@ def restore_precision(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     """Weights stored in half precision or 8 bits (metadata storage_dtype = float16 or int8) restored to the dtype
     of the model's own tensors ``own`` (8-bit ones as q · scale); any other file is returned as it is (and then
     checked strictly)."""
-    storage = metadata.get("storage_dtype")
-    if storage not in (HALF, INT8):
+    stored_as = metadata.get("storage_dtype")
+    if stored_as not in (HALF, INT8):
         return tensors
     out = {}
     for key, value in tensors.items():
-        if key.endswith(SCALE) and storage == INT8:
+        if key.endswith(SCALE) and stored_as == INT8:
             continue
-        if storage == INT8 and value.dtype == torch.int8 and key + SCALE in tensors:
+        if stored_as == INT8 and value.dtype == torch.int8 and key + SCALE in tensors:
             scale = tensors[key + SCALE]
             value = value.float() * scale.reshape(-1, *[1] * (value.dim() - 1))
         if key in own and value.is_floating_point():
@@ -157,11 +156,11 @@ def training_hours(card: dict) -> tuple[float, str]:
 def pack(run_dir: Path, name: str, card: dict, root: Path | None = None, url: str | None = None,
          results: dict[str, dict] | None = None, release: Callable[[dict, dict], tuple[dict, dict]] | None = None,
          stored_as: str = HALF) -> dict:
-    """Copy a finished run folder into the zoo as ``name``: weights in half precision, the run's JSON and pictures,
-    ``card`` as card.json, and ``results`` ({file name: JSON}, e.g. the scores of the packed weights, which replace
-    the run's files of the same name); then (re)write the index entry with every file's SHA-256. ``release`` (the
-    family's ``for_release``: the zoo sits below the models and does not look it up) trims the weights and model
-    settings to what ships. Returns the entry."""
+    """Copy a finished run folder into the zoo as ``name``: weights stored as ``stored_as`` (HALF or INT8), the run's
+    JSON and pictures, ``card`` as card.json, and ``results`` ({file name: JSON}, e.g. the scores of the packed weights,
+    which replace the run's files of the same name); then (re)write the index entry with every file's SHA-256.
+    ``release`` (the family's ``for_release``: the zoo sits below the models and does not look it up) trims the weights
+    and model settings to what ships. Returns the entry."""
     root = root or ROOT
     run_dir = Path(run_dir)
     if not (run_dir / WEIGHTS).is_file() or not (run_dir / "summary.json").is_file():
