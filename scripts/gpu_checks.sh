@@ -74,10 +74,14 @@ background pixelcnn-softmax $LIMIT $PY -m genzoo train pixelcnn $LONG --final-ev
 background ebm-zoo $LIMIT $PY -m genzoo train ebm $LONG --final-eval skip --preset zoo --epochs ${EBM_EPOCHS:-12} \
   $REHEARSAL --out "$OUT/runs/ebm-zoo"
 # the ODE likelihoods of #15 still measured on 200 test images only, now on all 10,000 (hours on a CPU thread)
+# continuing the CPU's committed partial evaluations (longruns/NAME-ode.partial.safetensors), kept in OUT/partials
+# so that what an interrupted one scored comes back
+mkdir -p "$OUT/partials"
+cp longruns/*-ode.partial.safetensors "$OUT/partials/" 2>/dev/null
 background rescore-flow-fashion $LIMIT $PY scripts/zoo_add.py --rescore flow-fashion --device $DEVICE --eval-n \
-  ${RESCORE_N:-0} --ode-tol 1e-4
+  ${RESCORE_N:-0} --ode-tol 1e-4 --partial "$OUT/partials/flow-fashion-ode.partial.safetensors"
 background rescore-ddpm-mnist $LIMIT $PY scripts/zoo_add.py --rescore ddpm-mnist --device $DEVICE --eval-n \
-  ${RESCORE_N:-0} --bound-t 50 --ode-tol 1e-4
+  ${RESCORE_N:-0} --bound-t 50 --ode-tol 1e-4 --partial "$OUT/partials/ddpm-mnist-ode.partial.safetensors"
 background realnvp-uniform $LIMIT $PY -m genzoo train realnvp $LONG --final-eval full --hidden 64 --actnorm true \
   --epochs 12 $REHEARSAL --out "$OUT/runs/realnvp-uniform"
 
