@@ -93,6 +93,6 @@ def leaderboard_markdown(table: dict) -> str:
         lines += ["", "Reused runs (trained elsewhere, e.g. by the benchmarks of BENCHMARKS.md): "
                   + ", ".join(f"{r['family']} = `{r['run']}`" for r in reused) + "."]
     if table.get("floor"):
-        lines += ["", "The *training images* rows score real digits the same way: the floor a perfect model would "
-                      "reach with as many samples (FID is biased upwards by few samples; KID is unbiased)."]
+        lines += ["", "The *training images* rows score real images of the data set the same way: the floor a perfect "
+                      "model would reach with as many samples (FID is biased upwards by few samples; KID is unbiased)."]
     return "\n".join(lines) + "\n"

@@ -411,9 +411,9 @@ class DDPM(GenerativeModel):
         model={"min_snr_gamma": 5.0}),
         "zoo": Preset(
             "class-conditional with min-SNR-5, 12 epochs (cosine): the recipe of zoo:ddpm-mnist",
-            "FID 8.3 on 10,000 samples (DPM-Solver++(2M) 20 steps, w = 1; real digits 4.1), bound 3.00 bits/dim (all "
-            "10,000 test images; min-SNR trades likelihood for samples), 3.8 hours on one thread (AMD EPYC, AVX2, "
-            "fp32); BENCHMARKS.md",
+            "FID 8.3 on 10,000 samples (DPM-Solver++(2M) 20 steps, w = 1; real digits 4.1), bound 3.00 bits/dim, ODE "
+            "2.98 (all 10,000 test images; min-SNR trades likelihood for samples), 3.8 hours on one thread (AMD EPYC, "
+            "AVX2, fp32); BENCHMARKS.md",
             model={"min_snr_gamma": 5.0, "class_cond": True}, train={"epochs": 12})}
     # The bound costs T network evaluations per image, so it is computed on the first N test images, N stated with
     # every figure.
