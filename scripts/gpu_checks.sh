@@ -3,28 +3,29 @@
 #
 #   bash scripts/gpu_checks.sh OUT [MINUTES] [LONG_MINUTES]
 #
-# with the device tool: command "bash scripts/gpu_checks.sh $OUT 9 4", timeout_s 580. Uses the machine's own python3
+# with the device tool: command "bash scripts/gpu_checks.sh $OUT 9.5 6.5", timeout_s 595. Uses the machine's own python3
 # and torch (genzoo from src/, nothing installed); every step has its own time limit and a failed step does not stop
 # the others. MINUTES (default 9; fractions too) is the whole budget; LONG_MINUTES (default 4) the training minutes of each
-# likelihood run. Writes OUT/log.txt (everything printed), OUT/gpu_checks.json (one row per step: command, exit
+# long run. Writes OUT/log.txt (everything printed), OUT/gpu_checks.json (one row per step: command, exit
 # status, seconds, and the figures it printed), and OUT/runs.tar.gz (split into OUT/runs.tar.gz.part-* of 15 MB:
-# `cat runs.tar.gz.part-* | tar -xz`): the run folders (a finished likelihood run's weights, an unfinished one's
+# `cat runs.tar.gz.part-* | tar -xz`): the run folders (a finished long run's weights, an unfinished one's
 # checkpoint to resume on a CPU), and the zoo entries packed from the finished ones.
 # Steps:
-#   1. the long runs start at once in the background, sharing the GPU with the checks (each alone uses a fraction
-#      of it): what session 19 left open -- the 64 x 12 PixelCNN with the 256-way head for 20 epochs (#14: <= 0.95
-#      bits/dim), the EBM's zoo recipe for 12 epochs (#15: FID <= 250; zoo:ebm-mnist had 7 CPU epochs), the
-#      64-channel RealNVP with uniform dequantisation (what the variational one added); each scored on all 10,000
-#      test images where it has a likelihood; and the zoo's flow-fashion and ddpm-mnist rescored by the ODE on all
-#      10,000 test images (their cards and evaluations come back in runs/zoo/)
+#   1. the long runs start at once in the background, sharing the GPU with the checks: what is left of #15, the
+#      EBM (FID <= 250; zoo:ebm-mnist 407.6 after 7 CPU epochs, 405.9 after 4 GPU epochs of the same recipe, while
+#      that run's replay buffer scored 233.8: BENCHMARKS.md, "EBM samples by chain length"). Two recipes for 12
+#      epochs each: the zoo's buffer recipe (ebm-zoo) and the same net trained short-run (ebm-shortrun: every
+#      chain from noise for 60 steps, sampled with the same 60 steps, Nijkamp et al. 2019)
 #   2. the machine: nvidia-smi, torch, whether bf16 is supported (what --precision auto picks)
 #   3. genzoo train vae / ddpm (compiled: triton) / flow / gan --device cuda, a few hundred steps each
 #   4. torchrun with the NCCL backend (step train-ddpm-ddp): 1 process on the GPU, the DDP path under NCCL
 #   5. the zoo on CUDA: genzoo sample zoo:ddpm-mnist (DPM-Solver++ 20 steps), zoo:flow-mnist, zoo:pixelcnn-mnist
-#   6. the EBM packed into the zoo on the GPU as ebm-mnist-gpu (scripts/zoo_add.py --device cuda: FID/KID of
-#      10,000 samples of the packed weights), even if its time limit cut it
-# Session 19's first call ran this with the runs of #14 then open (`bash scripts/gpu_checks.sh $OUT 9.5 3.5`):
-# every step passed; a resumed run then needed the layout mend of runs.match_layouts. BENCHMARKS.md has it all.
+#   6. both EBMs packed into the zoo on the GPU as ebm-mnist-gpu and ebm-mnist-shortrun-gpu (scripts/zoo_add.py --device
+#      cuda: FID/KID of 10,000 samples of the packed weights), even if the time limit cut them, and the buffer
+#      recipe's replay buffer scored (benchmarks/ebm_sampling.py)
+# Session 19 ran it with the likelihood runs of #14 (`bash scripts/gpu_checks.sh $OUT 9.5 3.5`; a resumed run then
+# needed the layout mend of runs.match_layouts), session 20 with the EBM's 4 epochs, the ODE rescorings of #15 and
+# #14's follow-ups (`... 9.5 4`): every check passed both times. BENCHMARKS.md has it all.
 set -u
 OUT=${1:?give the output folder}
 MINUTES=${2:-9}
@@ -62,28 +63,13 @@ finished() {  # finished RUN: the run's summary says it trained to its end
   $PY -c "import json,sys; sys.exit(0 if json.load(open('$1/summary.json')).get('finished') else 1)" 2>/dev/null
 }
 
-# 1. the long runs, in the background from the start; their time limit leaves the scoring its minutes. Session 19
-#    ran #14's PixelCNN 64 x 12 and RealNVP 64 here (both now in the zoo); these are what it left open:
-#    the 256-way head to its end (<= 0.95 bits/dim), the EBM's zoo recipe past the 7 CPU epochs of zoo:ebm-mnist
-#    (FID <= 250), and the 64-channel RealNVP with uniform dequantisation (what the variational one added)
-LIMIT=$(awk "BEGIN { print int($LONG_MINUTES * 60 + 150) }")  # training, then the final evaluation on all test images
-LONG="--device $DEVICE --time-limit $LONG_MINUTES --eval-n 0"
-REHEARSAL=${REHEARSAL:-}  # e.g. "--subset 512" to rehearse on a CPU
-background pixelcnn-softmax $LIMIT $PY -m genzoo train pixelcnn $LONG --final-eval full --head softmax --channels 64 \
-  --layers 12 --epochs ${SOFTMAX_EPOCHS:-20} $REHEARSAL --out "$OUT/runs/pixelcnn-softmax"
-background ebm-zoo $LIMIT $PY -m genzoo train ebm $LONG --final-eval skip --preset zoo --epochs ${EBM_EPOCHS:-12} \
-  $REHEARSAL --out "$OUT/runs/ebm-zoo"
-# the ODE likelihoods of #15 still measured on 200 test images only, now on all 10,000 (hours on a CPU thread)
-# continuing the CPU's committed partial evaluations (longruns/NAME-ode.partial.safetensors), kept in OUT/partials
-# so that what an interrupted one scored comes back
-mkdir -p "$OUT/partials"
-cp longruns/*-ode.partial.safetensors "$OUT/partials/" 2>/dev/null
-background rescore-flow-fashion $LIMIT $PY scripts/zoo_add.py --rescore flow-fashion --device $DEVICE --eval-n \
-  ${RESCORE_N:-0} --ode-tol 1e-4 --partial "$OUT/partials/flow-fashion-ode.partial.safetensors"
-background rescore-ddpm-mnist $LIMIT $PY scripts/zoo_add.py --rescore ddpm-mnist --device $DEVICE --eval-n \
-  ${RESCORE_N:-0} --bound-t 50 --ode-tol 1e-4 --partial "$OUT/partials/ddpm-mnist-ode.partial.safetensors"
-background realnvp-uniform $LIMIT $PY -m genzoo train realnvp $LONG --final-eval full --hidden 64 --actnorm true \
-  --epochs 12 $REHEARSAL --out "$OUT/runs/realnvp-uniform"
+# 1. the long runs, in the background from the start; their time limit leaves the scoring its minutes
+LIMIT=$(awk "BEGIN { print int($LONG_MINUTES * 60 + 60) }")  # training, its pictures and its last checkpoint
+LONG="--device $DEVICE --time-limit $LONG_MINUTES --final-eval skip --preset zoo --epochs ${EBM_EPOCHS:-12}"
+REHEARSAL=${REHEARSAL:-}  # e.g. "--subset 256" to rehearse on a CPU
+background ebm-zoo $LIMIT $PY -m genzoo train ebm $LONG $REHEARSAL --out "$OUT/runs/ebm-zoo"
+background ebm-shortrun $LIMIT $PY -m genzoo train ebm $LONG --reinit 1.0 --buffer-size 1 --sample-steps 60 \
+  $REHEARSAL --out "$OUT/runs/ebm-shortrun"
 
 # 2-5. the checks (SKIP_CHECKS=1: only the long runs, to rehearse them on a CPU)
 if [ -z "${SKIP_CHECKS:-}" ]; then
@@ -109,13 +95,21 @@ step zoo-flow 60 $PY -m genzoo sample zoo:flow-mnist --device $DEVICE --n 64 --o
 step zoo-pixelcnn 60 $PY -m genzoo sample zoo:pixelcnn-mnist --device $DEVICE --n 64 --out "$OUT/runs/zoo-pixelcnn.png"
 fi
 
-# 6. the EBM into the zoo, scored on the GPU within what is left (a minute kept for packing)
+# 6. the EBMs into the zoo, scored on the GPU within what is left (a minute kept for packing)
 wait_jobs
 budget=$(( $(left) - 60 ))
 echo "=== scoring with ${budget}s left"
-if [ "$budget" -gt 30 ] && [ -f "$OUT/runs/ebm-zoo/model.safetensors" ]; then  # packed even if the time cut it
-  background zoo-ebm $budget $PY scripts/zoo_add.py "$OUT/runs/ebm-zoo" ebm-mnist-gpu --device $DEVICE \
-    --fid-n ${FID_N:-10000} --command "genzoo train ebm $LONG --preset zoo --epochs ${EBM_EPOCHS:-12} --out runs/ebm-zoo"
+if [ "$budget" -gt 30 ]; then
+  for run in ebm-zoo ebm-shortrun; do  # packed even if the time limit cut them
+    [ -f "$OUT/runs/$run/model.safetensors" ] || continue
+    name=ebm-mnist-gpu extra=""
+    [ $run = ebm-shortrun ] && name=ebm-mnist-shortrun-gpu extra=" --reinit 1.0 --buffer-size 1 --sample-steps 60"
+    background "zoo-$run" $budget $PY scripts/zoo_add.py "$OUT/runs/$run" $name --device \
+      $DEVICE --fid-n ${FID_N:-10000} --command "genzoo train ebm $LONG$extra --out runs/$run"
+  done
+  [ -f "$OUT/runs/ebm-zoo/checkpoint.safetensors" ] && background buffer-ebm-zoo $budget $PY \
+    benchmarks/ebm_sampling.py --run "$OUT/runs/ebm-zoo" --buffer "$OUT/runs/ebm-zoo/checkpoint.safetensors" \
+    --steps 256 1024 --fid-n ${BUFFER_FID_N:-10000} --out "$OUT/runs/ebm_sampling.json"
   wait_jobs
 fi
 for log in "$OUT"/bg/*.log; do echo "##### $log"; tail -n 40 "$log"; done
@@ -142,16 +136,16 @@ EOF
 # and of the quick runs only their JSON and pictures; in parts of 15 MB (a file comes back only under 16 MiB)
 for run in "$OUT"/runs/*/; do
   case "$run" in
-    */pixelcnn-softmax/|*/realnvp-uniform/|*/ebm-zoo/)  # a finished run's weights, an unfinished one's checkpoint
+    */ebm-zoo/|*/ebm-shortrun/)  # a finished run's weights, an unfinished one's checkpoint
       if finished "$run"; then rm -f "$run/checkpoint.safetensors"; else rm -f "$run/model.safetensors"; fi ;;
     *) rm -f "$run"/*.safetensors ;;
   esac
 done
-for ckpt in realnvp-uniform pixelcnn-softmax ebm-zoo; do  # what comes back is at most 64 MiB in all
+for ckpt in ebm-zoo ebm-shortrun; do  # what comes back is at most 64 MiB in all
   [ "$(du -sb "$OUT/runs" | cut -f1)" -gt 58000000 ] && rm -f "$OUT/runs/$ckpt/checkpoint.safetensors"
 done
 mkdir -p "$OUT/runs/zoo"
-for entry in src/genzoo/weights/zoo/*-gpu src/genzoo/weights/zoo/flow-fashion src/genzoo/weights/zoo/ddpm-mnist; do [ -d "$entry" ] && cp -r "$entry" "$OUT/runs/zoo/"; done
+for entry in src/genzoo/weights/zoo/*-gpu; do [ -d "$entry" ] && cp -r "$entry" "$OUT/runs/zoo/"; done
 mv "$OUT/bg" "$OUT/runs/logs" 2>/dev/null
 tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs" "$OUT/steps.tsv"
 split -b 15000000 "$OUT/runs.tar.gz" "$OUT/runs.tar.gz.part-" && rm "$OUT/runs.tar.gz"
