@@ -356,6 +356,19 @@ def test_a_class_conditional_pixelcnn_draws_the_class_asked_for(tmp_path_factory
     assert row["val_nll_given_class"] < row["val_nll"] + 5  # what the label is worth (after 4 steps: little)
     ev = json.loads((run / "summary.json").read_text())["eval"]
     assert ev["n_examples"] == 16 and ev["nll_nats"] > 0  # scored as the unconditional model: no labels needed
+    # The label vectors start at zero (training starts unconditional) and 4 steps move them by ~1e-3, so a draw
+    # for class 3 and one for class 5 can coincide pixel for pixel. A copy of the run with label vectors of unit
+    # scale (the no-label row, the last, left as trained) makes what --class changes visible on any machine.
+    from genzoo import storage
+    import shutil
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    weights, meta = storage.load_tensors(run / "model.safetensors")
+    tables = [k for k in weights if k.endswith("_label.weight")]
+    assert tables  # the conditional net has per-layer label tables
+    gen = torch.Generator().manual_seed(0)
+    for k in tables:
+        weights[k][:-1] = torch.randn(weights[k][:-1].shape, generator=gen)
+    storage.save_tensors(run / "model.safetensors", weights, meta)
     pictures = {}
     for label, guidance in ((3, 1.0), (3, 1.0), (5, 1.0), (3, 0.0)):
         out = tmp_path / f"{label}-{guidance}-{len(pictures)}.png"
@@ -367,7 +380,7 @@ def test_a_class_conditional_pixelcnn_draws_the_class_asked_for(tmp_path_factory
     assert code == 0, err
     a, again, five, unguided = pictures.values()
     assert a == again and a != five  # seeded, and the label changes what is drawn
-    assert unguided == (tmp_path / "plain.png").read_bytes()  # w = 0: the unconditional model
+    assert unguided == (tmp_path / "plain.png").read_bytes() != a  # w = 0: the unconditional model
     code, _, err = run_cli("sample", run, "--class", 10, "--out", tmp_path / "x.png")
     assert_one_clear_error(code, err, "--class must be between 0 and 9")
 
