@@ -26,7 +26,7 @@ import torch
 
 from genzoo import runs, storage
 from genzoo.devices import describe_machine
-from genzoo.evaluate import sample_quality, score_images
+from genzoo.evaluate import default_reference, sample_quality, score_images
 
 RESULT = Path(__file__).parent / "results" / "ebm_sampling.json"
 
@@ -63,12 +63,11 @@ def main() -> int:
             return 2
         tick = time.perf_counter()
         chains = run.model.to_data(tensors["model.replay"].float())
-        q = score_images(chains, data.name, "float", 500)
+        q = score_images(chains, data.name, default_reference(run.model), 500)
         record({"source": f"replay buffer ({len(chains)} chains)", "steps": None, "n": len(chains),
                 "fid": q["fid"], "kid": q["kid"], "seconds": time.perf_counter() - tick})
     for steps in args.steps:
-        tick = time.perf_counter()
-        torch.manual_seed(0)
+        tick = time.perf_counter()  # sample_quality draws from its own seeded generator: the same noise each row
         q = sample_quality(run.model, data, args.fid_n, steps=steps)
         record({"source": f"{steps} SGLD steps from noise", "steps": steps, "n": args.fid_n, "fid": q["fid"],
                 "kid": q["kid"], "kid_stderr": q.get("kid_stderr"), "seconds": time.perf_counter() - tick})

@@ -66,10 +66,10 @@ finished() {  # finished RUN: the run's summary says it trained to its end
 # 1. the long runs, in the background from the start; their time limit leaves the scoring its minutes
 LIMIT=$(awk "BEGIN { print int($LONG_MINUTES * 60 + 60) }")  # training, its pictures and its last checkpoint
 LONG="--device $DEVICE --time-limit $LONG_MINUTES --final-eval skip --preset zoo --epochs ${EBM_EPOCHS:-12}"
+SHORTRUN="--reinit 1.0 --buffer-size 1 --sample-steps 60"  # every chain from noise, sampled as trained
 REHEARSAL=${REHEARSAL:-}  # e.g. "--subset 256" to rehearse on a CPU
 background ebm-zoo $LIMIT $PY -m genzoo train ebm $LONG $REHEARSAL --out "$OUT/runs/ebm-zoo"
-background ebm-shortrun $LIMIT $PY -m genzoo train ebm $LONG --reinit 1.0 --buffer-size 1 --sample-steps 60 \
-  $REHEARSAL --out "$OUT/runs/ebm-shortrun"
+background ebm-shortrun $LIMIT $PY -m genzoo train ebm $LONG $SHORTRUN $REHEARSAL --out "$OUT/runs/ebm-shortrun"
 
 # 2-5. the checks (SKIP_CHECKS=1: only the long runs, to rehearse them on a CPU)
 if [ -z "${SKIP_CHECKS:-}" ]; then
@@ -103,7 +103,7 @@ if [ "$budget" -gt 30 ]; then
   for run in ebm-zoo ebm-shortrun; do  # packed even if the time limit cut them
     [ -f "$OUT/runs/$run/model.safetensors" ] || continue
     name=ebm-mnist-gpu extra=""
-    [ $run = ebm-shortrun ] && name=ebm-mnist-shortrun-gpu extra=" --reinit 1.0 --buffer-size 1 --sample-steps 60"
+    [ $run = ebm-shortrun ] && name=ebm-mnist-shortrun-gpu extra=" $SHORTRUN"
     background "zoo-$run" $budget $PY scripts/zoo_add.py "$OUT/runs/$run" $name --device \
       $DEVICE --fid-n ${FID_N:-10000} --command "genzoo train ebm $LONG$extra --out runs/$run"
   done
