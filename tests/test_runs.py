@@ -1,5 +1,6 @@
 """Run folders: save -> load -> identical outputs, strict loading, damaged files, atomic writes."""
 
+import dataclasses
 import json
 import os
 
@@ -250,3 +251,94 @@ def test_a_resumed_channels_last_network_gets_adams_moments_in_its_own_layout(tm
             assert state[name].stride() == param.stride(), name
             torch.testing.assert_close(state[name], opt.state[dict(zip(resumed.parameters(), net.parameters()))[
                 param]][name], rtol=0, atol=0)
+
+
+def test_init_from_copies_every_parameter_and_leaves_buffers_and_the_rng_alone(tmp_path):
+    """--init-from (fine-tuning) starts from another run's parameters, exactly; the new run's buffers follow its
+    own settings, and loading the source draws nothing from the global RNG (the run's data order and noise are
+    those of the same run from scratch)."""
+    from genzoo.models.ebm import EBMConfig
+
+    tiny = tiny_vae_config()
+    cfg = runs.RunConfig("ebm", EBMConfig(channels=4, hidden=8, buffer_size=16), tiny.train, tiny.eval)
+    torch.manual_seed(11)
+    source = write_run(tmp_path / "source", cfg)  # an EBM: its chains are a buffer
+    torch.manual_seed(12)
+    model = runs.build_model(cfg, (1, 28, 28))
+    before = {k: p.clone() for k, p in model.named_parameters()}
+    assert len(list(model.named_buffers())) > 0
+    with torch.no_grad():
+        for _, b in model.named_buffers():  # mark the buffers: none may be overwritten by the source's
+            b.add_(1)
+    marked = {k: v.clone() for k, v in model.named_buffers()}
+    state = torch.get_rng_state()
+    runs.start_from(model, cfg.model, str(tmp_path / "source"))
+    assert torch.equal(torch.get_rng_state(), state)
+    theirs = dict(source.named_parameters())
+    assert all(torch.equal(p, theirs[k]) for k, p in model.named_parameters())
+    assert not any(torch.equal(p, before[k]) for k, p in model.named_parameters())
+    assert all(torch.equal(v, marked[k]) for k, v in model.named_buffers())
+
+
+def test_init_from_another_network_or_family_is_one_sentence_naming_the_settings_to_give(tmp_path):
+    write_run(tmp_path / "source")
+    wider = tiny_vae_config()
+    wider.model.hidden = 48
+    model = runs.build_model(wider, (1, 28, 28))
+    with pytest.raises(ConfigError, match=r"another network: parameter '.*' is \(.*\) there and \(.*\) here; its "
+                                          r"settings that differ from this run's: --hidden 32\.$"):
+        runs.start_from(model, wider.model, str(tmp_path / "source"))
+    from genzoo.models.ebm import EBMConfig
+    ebm = runs.build_model(runs.RunConfig("ebm", EBMConfig(), tiny_vae_config().train, tiny_vae_config().eval), (1, 28, 28))
+    with pytest.raises(ConfigError, match="is of the family vae; this run trains ebm"):
+        runs.start_from(ebm, ebm.cfg, str(tmp_path / "source"))
+
+
+def test_a_fine_tuned_run_resumes_from_its_checkpoint_without_its_source(tmp_path):
+    """The source's weights are read once, when the run starts; the run then resumes like any other, even
+    after the source is gone, and takes the same steps as an uninterrupted fine-tuning."""
+    import shutil
+
+    from genzoo.trainer import train_run
+
+    train_run(tiny_vae_config(epochs=1), tmp_path / "source", log=lambda m: None)
+    init = str(tmp_path / "source")
+    lines = []
+    train_run(tiny_vae_config(epochs=2, init_from=init, final_eval="skip"), tmp_path / "whole", log=lines.append)
+    assert f"starting from the weights of {init}" in lines
+    train_run(tiny_vae_config(epochs=1, init_from=init, final_eval="skip"), tmp_path / "cut", log=lambda m: None)
+    shutil.rmtree(tmp_path / "source")
+    lines = []
+    train_run(tiny_vae_config(epochs=2, init_from=init, final_eval="skip"), tmp_path / "cut", resume=True,
+              log=lines.append)
+    assert not any(line.startswith("starting from the weights") for line in lines)
+    whole, cut = load_run(tmp_path / "whole").model, load_run(tmp_path / "cut").model
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), cut.state_dict().values()))
+
+
+
+def test_a_fine_tuning_run_takes_its_sources_network_settings_unless_told_otherwise(tmp_path, run_cli):
+    write_run(tmp_path / "source")  # latent_dim 4, hidden 32, depth 1: none of them the VAE's defaults
+    cfg = runs.new_config("vae", {"train_k": 2}, {"init_from": str(tmp_path / "source")})
+    assert dataclasses.asdict(cfg.model) == {**dataclasses.asdict(tiny_vae_config().model), "train_k": 2}
+    code, out, err = run_cli("train", "vae", "--init-from", tmp_path / "source", "--subset", 64, "--max-steps", 1,
+                             "--final-eval", "skip", "--out", tmp_path / "tuned")
+    assert code == 0, err
+    assert f"starting from the weights of {tmp_path / 'source'}" in out
+    assert runs.read_config(tmp_path / "tuned").model == tiny_vae_config().model
+
+
+def test_a_class_conditional_source_on_unlabelled_images_is_one_sentence(tmp_path):
+    from PIL import Image
+
+    from genzoo.models.flow import FlowConfig
+
+    (tmp_path / "glyphs").mkdir()
+    for i in range(4):
+        Image.new("L", (28, 28), 40 * i).save(tmp_path / "glyphs" / f"{i}.png")
+    tiny = tiny_vae_config()
+    source = runs.RunConfig("flow", FlowConfig(channels=4, class_cond=True, num_classes=10), tiny.train, tiny.eval)
+    write_run(tmp_path / "source", source)
+    with pytest.raises(ConfigError, match=r"is class-conditional, and .*glyphs has no class subfolders: fine-tune it "
+                                          r"on images sorted into one subfolder per class\.$"):
+        runs.new_config("flow", {}, {"init_from": str(tmp_path / "source"), "dataset": str(tmp_path / "glyphs")})

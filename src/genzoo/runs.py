@@ -65,7 +65,8 @@ class RunConfig:
 def new_config(family: str, model: dict | None = None, train: dict | None = None,
                eval: dict | None = None, preset: str | None = None) -> RunConfig:
     """The configuration of a new run: the family's defaults (its defaults for 2-D points when ``train`` names a
-    toy data set), then the named ``preset``'s settings, overridden by the given settings, every value validated.
+    toy data set), then the model settings of the run it fine-tunes (``init_from``), then the named ``preset``'s
+    settings, overridden by the given settings, every value validated.
     The one place a RunConfig is made."""
     fam = get_family(family)
     train = dict(train or {})
@@ -84,10 +85,20 @@ def new_config(family: str, model: dict | None = None, train: dict | None = None
             if train.get(key):
                 raise ConfigError(f"--{key.replace('_', '-')} applies to a folder of images; {dataset} has its "
                                   f"own fixed shape.")
-    model_cfg = validate(fam.Config(**{**toy.get("model", {}), **(chosen.model if chosen else {}), **(model or {})}),
-                         prefix="--")
+    source = {}
+    if train.get("init_from"):  # fine-tuning: the source's network settings, unless the preset or a flag says else
+        saved = read_config(zoo.resolve(train["init_from"]))
+        if saved.family != family:
+            raise ConfigError(f"--init-from {train['init_from']} is of the family {saved.family}; this run trains "
+                              f"{family}.")
+        source = to_dict(saved.model)
+    model_cfg = validate(fam.Config(**{**toy.get("model", {}), **source, **(chosen.model if chosen else {}),
+                                       **(model or {})}), prefix="--")
     if fam.class_conditional:  # the label set is the data's, recorded with the run
         classes = class_count(dataset, listing)
+        if model_cfg.class_cond and not classes and source.get("class_cond") and "class_cond" not in (model or {}):
+            raise ConfigError(f"--init-from {train['init_from']} is class-conditional, and {dataset} has no class "
+                              f"subfolders: fine-tune it on images sorted into one subfolder per class.")
         if model_cfg.class_cond and not classes:
             raise ConfigError(f"--class-cond needs labelled images: {dataset} has no class subfolders (put the "
                               f"images of each class in a subfolder of their own).")
@@ -148,6 +159,34 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, ...]):
         raise ConfigError(f"the {cfg.family} family trains on grey images only so far; {cfg.train.dataset} has "
                           f"{image_shape[0]} channels ({colour} take colour; or give --image-channels 1).")
     return family(cfg.model, image_shape)
+
+
+def start_from(model, model_cfg: Any, source: str) -> None:
+    """Copy the parameters of the run or zoo model ``source`` into ``model`` (``--init-from``, fine-tuning).
+
+    Every parameter must exist in both with the same shape, so the family and its network settings must agree;
+    buffers are not copied (they follow the new run's settings: a noise schedule, an EBM's chains, a fitted prior).
+    Building the source's model draws from the global RNG, so it is built under a forked one: a fine-tuning run
+    draws its data order and noise exactly as the same run from scratch would.
+    """
+    with torch.random.fork_rng(devices=[]):
+        init = load_run(source)
+    if init.config.family != model.family:
+        raise ConfigError(f"--init-from {source} is of the family {init.config.family}; this run trains "
+                          f"{model.family}.")
+    theirs, ours = dict(init.model.named_parameters()), dict(model.named_parameters())
+    for name in sorted(set(theirs) | set(ours)):
+        if name not in theirs or name not in ours or theirs[name].shape != ours[name].shape:
+            there = tuple(theirs[name].shape) if name in theirs else "absent"
+            here = tuple(ours[name].shape) if name in ours else "absent"
+            theirs_cfg, ours_cfg = to_dict(init.config.model), to_dict(model_cfg)
+            flags = " ".join(f"--{k.replace('_', '-')} {str(v).lower() if isinstance(v, bool) else v}"
+                             for k, v in theirs_cfg.items() if ours_cfg.get(k) != v)
+            raise ConfigError(f"--init-from {source} has another network: parameter '{name}' is {there} there and "
+                              f"{here} here" + (f"; its settings that differ from this run's: {flags}." if flags else "."))
+    with torch.no_grad():
+        for name, p in ours.items():
+            p.copy_(theirs[name])
 
 
 def shape_of(cfg: RunConfig) -> tuple[int, ...]:

@@ -430,6 +430,9 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
             data = data.subset(cfg.train.subset)
         torch.manual_seed(cfg.train.seed)
         model = runs.build_model(cfg, data.image_shape)
+        fine_tune = bool(cfg.train.init_from) and not (resume and (out / runs.CHECKPOINT).is_file())
+        if fine_tune:  # a resumed run's weights come from its checkpoint
+            runs.start_from(model, cfg.model, cfg.train.init_from)
         with storage.training_lock(out) if ctx.is_main else contextlib.nullcontext():
             if ctx.is_main:
                 for stale in out.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none writes
@@ -454,6 +457,8 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
                         f"{'channels-last' if trainer.channels_last else 'NCHW'}"
                         + (", compiled (torch.compile: the first steps wait for it)" if trainer.compiled else "")
                         + (f" x {ctx.world} processes" if ctx.active else "") + f", run folder {out}")
+            if fine_tune:
+                trainer.log(f"starting from the weights of {cfg.train.init_from}")
             return trainer.fit()
     finally:
         if ctx.active and torch.distributed.is_initialized():
