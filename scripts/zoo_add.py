@@ -9,6 +9,8 @@ likelihood the family's kind allows on --eval-n test images (0 = all 10,000), an
 genzoo's feature space (a class-conditional model: every class in turn, with --guidance). The card also holds
 the training command, genzoo's version and commit, the CPU time, the machine and the date. The pictures are
 drawn again from the packed weights at full quality (a long run trained with --final-eval skip drew quick ones).
+A run that fine-tuned another (``--init-from``) carries its source's card (or training summary) under
+``fine_tuned_from``, and its ``cpu_hours`` count both trainings.
 
     python scripts/zoo_add.py --redraw NAME
 
@@ -202,6 +204,17 @@ def refit_prior(name: str, components: int, args) -> int:
     return 0
 
 
+def source_record(source: str) -> dict:
+    """What a fine-tuned run started from: the zoo card of ``zoo:NAME`` (less its figures), or a run folder's
+    training summary. Read before the new model is packed, which may replace the very zoo entry it started from."""
+    if zoo.is_zoo(source):
+        card = zoo.read_card(source)
+        return {"from": source, **{k: v for k, v in card.items() if k not in ("figures", "name")}}
+    summary = storage.read_json(Path(source) / runs.SUMMARY)
+    return {"from": source, "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3),
+            "device": summary.get("device", "cpu"), "steps": summary["steps"], "epochs": summary["epochs_completed"]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, nargs="?")
@@ -259,6 +272,10 @@ def main() -> int:
             "steps": summary["steps"],
             "epochs": summary["epochs_completed"], "parameters": summary["parameters"],
             "machine": describe_machine(), "date": datetime.date.today().isoformat(), "figures": []}
+    if config.train.init_from:  # a fine-tuning: the card carries its source's record, and the cost of both
+        card["fine_tuned_from"] = source = source_record(config.train.init_from)
+        if source.get("device", "cpu") == card["device"]:
+            card["cpu_hours"] = round(card["cpu_hours"] + source["cpu_hours"], 3)
     release = get_family(config.family).for_release  # what of the run ships (the EBM: a few chains of its buffer)
     # the figures are measured on the packed weights, packed first into a staging folder: the zoo's entry is
     # replaced only once they are all measured, so an interrupted scoring leaves the shipped model as it was

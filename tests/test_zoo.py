@@ -345,3 +345,20 @@ def test_the_leaderboard_marks_the_minutes_and_rates_of_a_model_trained_on_a_gpu
     by_family = {f: next(line for line in lines if line.startswith(f"| {f} ")) for f in ("pixelcnn", "realnvp", "vae")}
     assert by_family["pixelcnn"].endswith("| 12 | 4.1 (GPU) | 285.3 (GPU) |")
     assert by_family["realnvp"].endswith("| 12 | 4.1 | 285.3 |") and by_family["vae"].endswith("| 12 | 4.1 | 285.3 |")
+
+
+def test_a_fine_tuned_model_replacing_its_source_keeps_the_sources_record_and_cost(root, tmp_path, monkeypatch):
+    """A model fine-tuned from zoo:NAME (--init-from) and packed as NAME replaces its own source: the card keeps
+    the source's card (read before packing) and counts the CPU hours of both trainings."""
+    zoo_add = load_zoo_add()
+    tuned = tmp_path / "tuned"
+    train_run(tiny_vae_config(epochs=1, init_from="zoo:tiny-vae"), tuned, log=lambda *a: None)
+    own = storage.read_json(tuned / runs.SUMMARY)["train_wall_time_s"] / 3600
+    monkeypatch.setattr("sys.argv", ["zoo_add.py", str(tuned), "tiny-vae", "--command", "genzoo train vae --init-from "
+                                     "zoo:tiny-vae", "--eval-n", "16", "--iwae-k", "2", "--fid-n", "0"])
+    assert zoo_add.main() == 0
+    card = zoo.read_card("tiny-vae")
+    source = card["fine_tuned_from"]
+    assert source["from"] == "zoo:tiny-vae" and source["command"] == CARD["command"]
+    assert source["cpu_hours"] == CARD["cpu_hours"] and "figures" not in source
+    assert card["cpu_hours"] == round(round(own, 3) + CARD["cpu_hours"], 3)
