@@ -362,3 +362,7 @@ def test_a_fine_tuned_model_replacing_its_source_keeps_the_sources_record_and_co
     assert source["from"] == "zoo:tiny-vae" and source["command"] == CARD["command"]
     assert source["cpu_hours"] == CARD["cpu_hours"] and "figures" not in source
     assert card["cpu_hours"] == round(round(own, 3) + CARD["cpu_hours"], 3)
+    from genzoo.report import _card
+
+    assert (f"Fine-tuned from zoo:tiny-vae: {CARD['cpu_hours']:.2f} of those hours, {CARD['steps']:,} steps, by "
+            f"{CARD['command']}.") in _card(card)

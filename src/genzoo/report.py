@@ -117,6 +117,10 @@ def _card(card: dict) -> str:
     facts = (f"{hours:.2f} {unit}-hours, {card['steps']:,} steps, {epochs} epoch{'s' * (epochs != 1)}, on "
              f"{machine_line(card['machine'])}; genzoo {card['genzoo_version']} at commit {card['commit'][:10]}, "
              f"{card['date']}.")
+    source = card.get("fine_tuned_from")
+    if source:  # the hours above count both trainings (scripts/zoo_add.py)
+        facts += (f" Fine-tuned from {source['from']}: {source['cpu_hours']:.2f} of those hours, {source['steps']:,} "
+                  f"steps" + (f", by {source['command']}" if source.get("command") else "") + ".")
     rows = [[f["name"], f"{f['value']:g}" + (f" ± {f['stderr']:g}" if "stderr" in f else ""), f["unit"],
              f"{f['n']:,}", f.get("reference", "")] for f in card["figures"]]
     return (f"<p>Trained by <code>{html.escape(card['command'])}</code>: {html.escape(facts)}</p>"
