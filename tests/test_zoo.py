@@ -366,3 +366,10 @@ def test_a_fine_tuned_model_replacing_its_source_keeps_the_sources_record_and_co
 
     assert (f"Fine-tuned from zoo:tiny-vae: {CARD['cpu_hours']:.2f} of those hours, {CARD['steps']:,} steps, by "
             f"{CARD['command']}.") in _card(card)
+    from genzoo.tables import row
+
+    fid = {"fid": 1.0, "kid": 1.0, "kid_stderr": 0.1, "n_samples": 1, "reference": "r", "reference_view": "float",
+           "samples_per_s": 1.0}
+    board = row("vae", root / "tiny-vae", storage.read_json(root / "tiny-vae" / runs.SUMMARY), fid)
+    assert board["train_minutes"] == pytest.approx(own * 60 + CARD["cpu_hours"] * 60)
+    assert board["epochs"] == 1 + CARD["epochs"]

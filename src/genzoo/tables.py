@@ -36,13 +36,18 @@ def nll_entry(summary: dict, ev: dict) -> dict:
 
 
 def row(family: str, run_dir: Path, summary: dict, fid: dict) -> dict:
+    """A leaderboard row of a run folder (or a zoo model's: a fine-tuned one's minutes and epochs count its
+    source's too, from its card)."""
     path = run_dir / runs.eval_file("test")
     eval_test = storage.read_json(path) if path.is_file() else None
+    card = run_dir / zoo.CARD
+    source = (storage.read_json(card).get("fine_tuned_from") if card.is_file() else None) or {}
     return {"family": family, "kind": summary["kind"], "view": summary["view"], "run": str(run_dir),
             "nll": nll_entry(summary, best_test_eval(summary, eval_test)), "fid": fid["fid"], "kid": fid["kid"],
             "kid_stderr": fid["kid_stderr"], "fid_samples": fid["n_samples"], "fid_reference": fid["reference"],
             "fid_reference_view": fid["reference_view"],
-            "train_minutes": summary["train_wall_time_s"] / 60, "epochs": summary["epochs_completed"],
+            "train_minutes": summary["train_wall_time_s"] / 60 + source.get("cpu_hours", 0) * 60,
+            "epochs": summary["epochs_completed"] + source.get("epochs", 0),
             "samples_per_s": fid["samples_per_s"], "parameters": summary["parameters"],
             "fid_sampler": fid.get("sampler") or {}, "device": summary.get("device", "cpu")}
 
@@ -63,7 +68,7 @@ def leaderboard_markdown(table: dict) -> str:
     from_zoo = bool(rows) and all(zoo.is_zoo(r.get("run")) for r in rows)
     origin = ("Every model is the zoo's: `genzoo zoo NAME` shows its card (the training command, genzoo commit, "
               "machine and date); its shipped scores are reused and 'train min' is the minutes its training "
-              "took ('(GPU)': trained and sampled on a GPU, the others on CPUs). " if from_zoo else
+              "took, a fine-tuned model's with its source's ('(GPU)': trained and sampled on a GPU, the others on CPUs). " if from_zoo else
               f"Each family trained with its preset within {table['budget_minutes']:g} minutes, unless its "
               "finished run was reused (listed below). ")
     lines = [f"# genzoo leaderboard: {table['dataset']}", "",
