@@ -66,7 +66,8 @@ def main() -> int:
         storage.load_weights(run.model, tensors, snapshot)
         samples, _ = draw_samples(run.model, args.fid_n, torch.device("cpu"), steps=args.steps)
         stats = quality.gaussian_statistics(features.features(net, samples, 500, shape))
-        row = {"step": step, "sgld_steps": args.steps, "n": args.fid_n, "val_fid": quality.frechet_distance(*stats, *val),
+        row = {"step": step, "sgld_steps": args.steps, "n": args.fid_n,
+               "val_fid": quality.frechet_distance(*stats, *val),
                "test_fid": quality.frechet_distance(*stats, test_mean, test_cov), "seconds": time.perf_counter() - tick}
         print(f"step {step}: val FID {row['val_fid']:.1f}, test FID {row['test_fid']:.1f}", flush=True)
         rows = sorted([*rows, row], key=lambda r: (r["step"], r["sgld_steps"]))

@@ -289,7 +289,8 @@ def test_init_from_another_network_or_family_is_one_sentence_naming_the_settings
                                           r"settings that differ from this run's: --hidden 32\.$"):
         runs.start_from(model, wider.model, str(tmp_path / "source"))
     from genzoo.models.ebm import EBMConfig
-    ebm = runs.build_model(runs.RunConfig("ebm", EBMConfig(), tiny_vae_config().train, tiny_vae_config().eval), (1, 28, 28))
+    tiny = tiny_vae_config()
+    ebm = runs.build_model(runs.RunConfig("ebm", EBMConfig(), tiny.train, tiny.eval), (1, 28, 28))
     with pytest.raises(ConfigError, match="is of the family vae; this run trains ebm"):
         runs.start_from(ebm, ebm.cfg, str(tmp_path / "source"))
 
@@ -321,6 +322,9 @@ def test_a_fine_tuning_run_takes_its_sources_network_settings_unless_told_otherw
     write_run(tmp_path / "source")  # latent_dim 4, hidden 32, depth 1: none of them the VAE's defaults
     cfg = runs.new_config("vae", {"train_k": 2}, {"init_from": str(tmp_path / "source")})
     assert dataclasses.asdict(cfg.model) == {**dataclasses.asdict(tiny_vae_config().model), "train_k": 2}
+    from genzoo.data.fetch import sha256_file
+
+    assert cfg.train.init_digest == sha256_file(tmp_path / "source" / runs.MODEL)  # which weights it started from
     code, out, err = run_cli("train", "vae", "--init-from", tmp_path / "source", "--subset", 64, "--max-steps", 1,
                              "--final-eval", "skip", "--out", tmp_path / "tuned")
     assert code == 0, err

@@ -83,7 +83,10 @@ class TrainConfig:
     time_limit: float = option(0.0, "stop after this many minutes of training in all, resumes included (0 = no limit)",
                                min=0.0)
     subset: int = option(0, "use only the first N examples of each split (0 = all; for smoke runs)", min=0)
-    init_from: str = option("", "fine-tune: start from the weights of this run folder or zoo:NAME (the same family and network settings); the optimizer, the EMA and the model's buffers (an EBM's chains, a VAE's fitted mixture) start afresh")
+    init_from: str = option("", "fine-tune: start from the weights of this run folder or zoo:NAME (the same family "
+                                "and network settings); the optimizer, the EMA and the model's buffers (an EBM's "
+                                "chains, a VAE's fitted mixture) start afresh")
+    init_digest: str = option("", "fine-tuning: SHA-256 of the weights the run started from", flag=False)
     final_eval: str = option("auto", "the evaluation that ends training: full (the --eval-* settings), quick (a few "
                                      "hundred examples and short pictures), skip (pictures only; score later with "
                                      "`genzoo eval`), or auto: full after at least one whole epoch, quick before",

@@ -27,6 +27,7 @@ import torch
 from genzoo._version import __version__
 from genzoo.config import EvalConfig, TrainConfig, from_dict, to_dict, validate
 from genzoo.data.datasets import class_count, data_shape, folder_settings, is_folder_name, load_dataset
+from genzoo.data.fetch import sha256_file
 from genzoo.data.folder import list_folder
 from genzoo.data.toy import TOY_DATASETS
 from genzoo.errors import ConfigError, GenzooError, RunError
@@ -92,6 +93,7 @@ def new_config(family: str, model: dict | None = None, train: dict | None = None
             raise ConfigError(f"--init-from {train['init_from']} is of the family {saved.family}; this run trains "
                               f"{family}.")
         source = to_dict(saved.model)
+        train["init_digest"] = sha256_file(zoo.resolve(train["init_from"]) / MODEL)  # which weights, for the record
     model_cfg = validate(fam.Config(**{**toy.get("model", {}), **source, **(chosen.model if chosen else {}),
                                        **(model or {})}), prefix="--")
     if fam.class_conditional:  # the label set is the data's, recorded with the run
@@ -182,8 +184,9 @@ def start_from(model, model_cfg: Any, source: str) -> None:
             theirs_cfg, ours_cfg = to_dict(init.config.model), to_dict(model_cfg)
             flags = " ".join(f"--{k.replace('_', '-')} {str(v).lower() if isinstance(v, bool) else v}"
                              for k, v in theirs_cfg.items() if ours_cfg.get(k) != v)
+            differ = f"; its settings that differ from this run's: {flags}." if flags else "."
             raise ConfigError(f"--init-from {source} has another network: parameter '{name}' is {there} there and "
-                              f"{here} here" + (f"; its settings that differ from this run's: {flags}." if flags else "."))
+                              f"{here} here{differ}")
     with torch.no_grad():
         for name, p in ours.items():
             p.copy_(theirs[name])

@@ -68,7 +68,8 @@ def leaderboard_markdown(table: dict) -> str:
     from_zoo = bool(rows) and all(zoo.is_zoo(r.get("run")) for r in rows)
     origin = ("Every model is the zoo's: `genzoo zoo NAME` shows its card (the training command, genzoo commit, "
               "machine and date); its shipped scores are reused and 'train min' is the minutes its training "
-              "took, a fine-tuned model's with its source's ('(GPU)': trained and sampled on a GPU, the others on CPUs). " if from_zoo else
+              "took, a fine-tuned model's with its source's ('(GPU)': trained and sampled on a GPU, the others on "
+              "CPUs). " if from_zoo else
               f"Each family trained with its preset within {table['budget_minutes']:g} minutes, unless its "
               "finished run was reused (listed below). ")
     lines = [f"# genzoo leaderboard: {table['dataset']}", "",
