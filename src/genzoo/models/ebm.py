@@ -14,6 +14,10 @@ dynamics (SGLD),
 from a replay buffer of past chains (Du & Mordatch 2019): each chain restarts from uniform noise with
 probability ``reinit`` and otherwise continues a stored one, so a few SGLD steps per training step add up to long
 chains. The buffer is part of the model's state (saved with the weights), which also makes resuming exact.
+
+The restart rate decides where the energy is corrected: at 5 % a chain lives ~20 visits, so the negatives are mostly
+old chains and seldom the first few hundred steps from noise that ``sample`` takes; the zoo's EBM was therefore
+fine-tuned with half the chains restarting (``--init-from`` with ``--reinit 0.5``; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -72,9 +76,12 @@ class EBM(ImagesOrPoints):
         "zoo": Preset(
             "the replay buffer recipe of Du & Mordatch (2019) as Lippe's UvA tutorial trains it on MNIST: a small "
             "energy net, 60 SGLD steps per training step with each pixel's gradient clamped to 0.03, 8,192 chains "
-            "(5 % restarts), training images noised by 0.005; 256 steps from noise to sample (the zoo's EBM)",
-            "the zoo run (zoo:ebm-mnist): FID 408 on 10,000 samples after 7 epochs, 2.9 hours of one thread (AMD EPYC); "
-            "after 200 steps of 128 images: FID 558 on 500 samples (short-run 556); BENCHMARKS.md",
+            "(5 % restarts), training images noised by 0.005; 256 steps from noise to sample (the zoo's EBM, then "
+            "fine-tuned with --init-from and --reinit 0.5)",
+            "7 epochs, 2.9 hours of one thread (AMD EPYC): FID 408 on 10,000 samples; fine-tuned from it with half "
+            "the chains restarting (--reinit 0.5), the best of its weights by validation FID after 550 steps (36 "
+            "minutes): FID 87.5 (zoo:ebm-mnist); after 200 steps of 128 images: FID 558 on 500 samples (short-run "
+            "556); BENCHMARKS.md",
             model={"channels": 16, "hidden": 64, "sgld_steps": 60, "buffer_size": 8192, "grad_clamp": 0.03,
                    "data_noise": 0.005, "sample_steps": 256},
             train={"epochs": 7})}
