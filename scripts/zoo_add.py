@@ -204,6 +204,11 @@ def refit_prior(name: str, components: int, args) -> int:
     return 0
 
 
+def summary_hours(summary: dict) -> float:
+    """A run's training wall time in hours, as cards record it (``cpu_hours``)."""
+    return round(summary["train_wall_time_s"] / 3600, 3)
+
+
 def source_record(source: str) -> dict:
     """What a fine-tuned run started from: the zoo card of ``zoo:NAME`` (less its figures), or a run folder's
     training summary. Read before the new model is packed, which may replace the very zoo entry it started from."""
@@ -211,7 +216,7 @@ def source_record(source: str) -> dict:
         card = zoo.read_card(source)
         return {"from": source, **{k: v for k, v in card.items() if k not in ("figures", "name")}}
     summary = storage.read_json(Path(source) / runs.SUMMARY)
-    return {"from": source, "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3),
+    return {"from": source, "cpu_hours": summary_hours(summary),
             "device": summary.get("device", "cpu"), "steps": summary["steps"], "epochs": summary["epochs_completed"]}
 
 
@@ -268,7 +273,7 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     card = {"name": args.name, "family": config.family, "kind": summary["kind"], "dataset": config.train.dataset,
             "command": args.command, "genzoo_version": __version__, "commit": commit,
-            "cpu_hours": round(summary["train_wall_time_s"] / 3600, 3), "device": summary.get("device", "cpu"),
+            "cpu_hours": summary_hours(summary), "device": summary.get("device", "cpu"),
             "steps": summary["steps"],
             "epochs": summary["epochs_completed"], "parameters": summary["parameters"],
             "machine": describe_machine(), "date": datetime.date.today().isoformat(), "figures": []}

@@ -272,8 +272,11 @@ def test_init_from_copies_every_parameter_and_leaves_buffers_and_the_rng_alone(t
             b.add_(1)
     marked = {k: v.clone() for k, v in model.named_buffers()}
     state = torch.get_rng_state()
-    runs.start_from(model, cfg.model, str(tmp_path / "source"))
+    digest = runs.start_from(model, cfg.model, str(tmp_path / "source"))
     assert torch.equal(torch.get_rng_state(), state)
+    from genzoo.data.fetch import sha256_file
+
+    assert digest == sha256_file(tmp_path / "source" / runs.MODEL)
     theirs = dict(source.named_parameters())
     assert all(torch.equal(p, theirs[k]) for k, p in model.named_parameters())
     assert not any(torch.equal(p, before[k]) for k, p in model.named_parameters())
@@ -317,19 +320,19 @@ def test_a_fine_tuned_run_resumes_from_its_checkpoint_without_its_source(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), cut.state_dict().values()))
 
 
-
 def test_a_fine_tuning_run_takes_its_sources_network_settings_unless_told_otherwise(tmp_path, run_cli):
     write_run(tmp_path / "source")  # latent_dim 4, hidden 32, depth 1: none of them the VAE's defaults
     cfg = runs.new_config("vae", {"train_k": 2}, {"init_from": str(tmp_path / "source")})
     assert dataclasses.asdict(cfg.model) == {**dataclasses.asdict(tiny_vae_config().model), "train_k": 2}
-    from genzoo.data.fetch import sha256_file
-
-    assert cfg.train.init_digest == sha256_file(tmp_path / "source" / runs.MODEL)  # which weights it started from
     code, out, err = run_cli("train", "vae", "--init-from", tmp_path / "source", "--subset", 64, "--max-steps", 1,
                              "--final-eval", "skip", "--out", tmp_path / "tuned")
     assert code == 0, err
     assert f"starting from the weights of {tmp_path / 'source'}" in out
     assert runs.read_config(tmp_path / "tuned").model == tiny_vae_config().model
+    from genzoo.data.fetch import sha256_file
+
+    digest = sha256_file(tmp_path / "source" / runs.MODEL)  # which weights it started from, recorded with the run
+    assert runs.read_config(tmp_path / "tuned").train.init_digest == digest
 
 
 def test_a_class_conditional_source_on_unlabelled_images_is_one_sentence(tmp_path):

@@ -89,11 +89,8 @@ def new_config(family: str, model: dict | None = None, train: dict | None = None
     source = {}
     if train.get("init_from"):  # fine-tuning: the source's network settings, unless the preset or a flag says else
         saved = read_config(zoo.resolve(train["init_from"]))
-        if saved.family != family:
-            raise ConfigError(f"--init-from {train['init_from']} is of the family {saved.family}; this run trains "
-                              f"{family}.")
+        same_family(train["init_from"], saved.family, family)
         source = to_dict(saved.model)
-        train["init_digest"] = sha256_file(zoo.resolve(train["init_from"]) / MODEL)  # which weights, for the record
     model_cfg = validate(fam.Config(**{**toy.get("model", {}), **source, **(chosen.model if chosen else {}),
                                        **(model or {})}), prefix="--")
     if fam.class_conditional:  # the label set is the data's, recorded with the run
@@ -163,8 +160,15 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, ...]):
     return family(cfg.model, image_shape)
 
 
-def start_from(model, model_cfg: Any, source: str) -> None:
-    """Copy the parameters of the run or zoo model ``source`` into ``model`` (``--init-from``, fine-tuning).
+def same_family(source: str, theirs: str, ours: str) -> None:
+    """Refuse, in one sentence, to fine-tune a model of family ``ours`` from ``source``, one of family ``theirs``."""
+    if theirs != ours:
+        raise ConfigError(f"--init-from {source} is of the family {theirs}; this run trains {ours}.")
+
+
+def start_from(model, model_cfg: Any, source: str) -> str:
+    """Copy the parameters of the run or zoo model ``source`` into ``model`` (``--init-from``, fine-tuning); returns
+    the SHA-256 of the weights file they came from (the run records it: a zoo name may later hold other weights).
 
     Every parameter must exist in both with the same shape, so the family and its network settings must agree;
     buffers are not copied (they follow the new run's settings: a noise schedule, an EBM's chains, a fitted prior).
@@ -173,9 +177,7 @@ def start_from(model, model_cfg: Any, source: str) -> None:
     """
     with torch.random.fork_rng(devices=[]):
         init = load_run(source)
-    if init.config.family != model.family:
-        raise ConfigError(f"--init-from {source} is of the family {init.config.family}; this run trains "
-                          f"{model.family}.")
+    same_family(source, init.config.family, model.family)
     theirs, ours = dict(init.model.named_parameters()), dict(model.named_parameters())
     for name in sorted(set(theirs) | set(ours)):
         if name not in theirs or name not in ours or theirs[name].shape != ours[name].shape:
@@ -190,6 +192,7 @@ def start_from(model, model_cfg: Any, source: str) -> None:
     with torch.no_grad():
         for name, p in ours.items():
             p.copy_(theirs[name])
+    return sha256_file(init.path / MODEL)
 
 
 def shape_of(cfg: RunConfig) -> tuple[int, ...]:

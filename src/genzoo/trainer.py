@@ -431,8 +431,9 @@ def train_run(cfg: runs.RunConfig, out: Path, resume: bool = False, log: Callabl
         torch.manual_seed(cfg.train.seed)
         model = runs.build_model(cfg, data.image_shape)
         fine_tune = bool(cfg.train.init_from) and not (resume and (out / runs.CHECKPOINT).is_file())
-        if fine_tune:  # a resumed run's weights come from its checkpoint
-            runs.start_from(model, cfg.model, cfg.train.init_from)
+        if fine_tune:  # a resumed run's weights come from its checkpoint, and its config holds the digest
+            digest = runs.start_from(model, cfg.model, cfg.train.init_from)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_digest=digest))
         with storage.training_lock(out) if ctx.is_main else contextlib.nullcontext():
             if ctx.is_main:
                 for stale in out.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none writes
